@@ -1,0 +1,143 @@
+"""The seed's `DPO` module: a policy, its frozen reference copy, and the preference loss between them.
+
+Same constructor and forward signature as x-transformers 2.31 `dpo.py` (the seed), plus keyword options
+for the loss family (DESIGN.md section 5), the reduction and the mask alignment (section 3). With
+`mask_alignment="x_transformers"` and the defaults it reproduces `x_transformers.dpo.DPO` float for float.
+"""
+
+from copy import deepcopy
+
+import torch
+from torch.nn import Module
+
+from dpo_torch.helpers import exists, freeze_all_layers_, masked_mean, maybe_and_mask
+from dpo_torch.logprobs import (
+    MASK_ALIGNMENTS, REDUCTIONS, log_prob_from_model_and_seq, scored_mask, sequence_logprobs,
+)
+from dpo_torch.losses import REFERENCE_FREE_LOSSES, preference_loss, validate_loss_options
+from dpo_torch.validation import (
+    check_scored_rows, model_max_seq_len, model_num_tokens, validate_dpo_inputs, validate_reference_logps,
+)
+
+__all__ = ["DPO", "exists", "freeze_all_layers_", "log_prob_from_model_and_seq", "masked_mean", "maybe_and_mask"]
+
+
+class DPO(Module):
+    """Direct Preference Optimization on an x-transformers `TransformerWrapper`.
+
+    `policy_model` is the model passed in (trained); `ref_model` is a frozen deepcopy taken at construction,
+    always in eval mode and never given gradients. Reference-free losses (`loss_type="simpo"`) keep no copy:
+    `ref_model` is None. `parameters()` yields the policy's parameters only, so an optimizer built from
+    `dpo.parameters()` cannot touch the reference.
+    """
+
+    def __init__(self, model, *, beta=0.1, pad_id=None, loss_type="sigmoid", reduction="mean",
+                 mask_alignment="next_token", label_smoothing=0.0, divergence="reverse_kl", alpha=0.5, gamma=0.5):
+        super().__init__()
+        validate_loss_options(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
+                              divergence=divergence, alpha=alpha, gamma=gamma)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+        if mask_alignment not in MASK_ALIGNMENTS:
+            raise ValueError(
+                f"unknown mask_alignment {mask_alignment!r}; expected one of {', '.join(MASK_ALIGNMENTS)}"
+            )
+
+        self.policy_model = model
+        self.ref_model = None
+        if loss_type not in REFERENCE_FREE_LOSSES:
+            self.ref_model = freeze_all_layers_(deepcopy(model))
+            self.ref_model.eval()
+
+        self.beta = beta
+        self.pad_id = pad_id
+        self.loss_type = loss_type
+        self.reduction = reduction
+        self.mask_alignment = mask_alignment
+        self.label_smoothing = label_smoothing
+        self.divergence = divergence
+        self.alpha = alpha
+        self.gamma = gamma
+
+    @property
+    def is_reference_free(self):
+        return self.loss_type in REFERENCE_FREE_LOSSES
+
+    def parameters(self, recurse=True):
+        """The policy's parameters only (the seed's contract): the reference is not trainable."""
+        return self.policy_model.parameters(recurse=recurse)
+
+    def train(self, mode=True):
+        """Switch the policy's mode; the reference stays in eval whatever `mode` is (no dropout noise in it)."""
+        super().train(mode)
+        if exists(self.ref_model):
+            self.ref_model.eval()
+        return self
+
+    def _scored_masks(self, preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask):
+        """Validate the batch and return the aligned [B, N-1] masks of the tokens each log-prob scores."""
+        validate_dpo_inputs(
+            preferred_seq, unpreferred_seq, prompt_mask=prompt_mask, preferred_seq_mask=preferred_seq_mask,
+            unpreferred_seq_mask=unpreferred_seq_mask, num_tokens=model_num_tokens(self.policy_model),
+            max_seq_len=model_max_seq_len(self.policy_model),
+        )
+        if exists(self.pad_id):
+            if not exists(preferred_seq_mask):
+                preferred_seq_mask = preferred_seq != self.pad_id
+            if not exists(unpreferred_seq_mask):
+                unpreferred_seq_mask = unpreferred_seq != self.pad_id
+
+        chosen_mask = scored_mask(prompt_mask, preferred_seq_mask, self.mask_alignment)
+        rejected_mask = scored_mask(prompt_mask, unpreferred_seq_mask, self.mask_alignment)
+        check_scored_rows(chosen_mask, "preferred_seq")
+        check_scored_rows(rejected_mask, "unpreferred_seq")
+        return chosen_mask, rejected_mask
+
+    def _sequence_logprobs(self, model, seq, mask):
+        return sequence_logprobs(log_prob_from_model_and_seq(model, seq), mask, self.reduction)
+
+    @torch.no_grad()
+    def _reference_logprobs(self, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask):
+        self.ref_model.eval()
+        return (self._sequence_logprobs(self.ref_model, preferred_seq, chosen_mask),
+                self._sequence_logprobs(self.ref_model, unpreferred_seq, rejected_mask))
+
+    def reference_logprobs(self, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
+                           unpreferred_seq_mask=None):
+        """Reference log-probs (chosen [B], rejected [B]), to compute once and pass as `reference_logps`."""
+        if self.is_reference_free:
+            raise ValueError(f"loss_type {self.loss_type!r} is reference-free: there is no reference model")
+        chosen_mask, rejected_mask = self._scored_masks(
+            preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
+        return self._reference_logprobs(preferred_seq, unpreferred_seq, chosen_mask, rejected_mask)
+
+    def forward(self, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
+                unpreferred_seq_mask=None, reference_logps=None, return_metrics=False):
+        """Scalar loss (batch mean), or `(loss, metrics)` with TRL's metric names when `return_metrics`.
+
+        Masks are [B, N] bool per input token; `prompt_mask` is True on prompt tokens. With `pad_id` set, a
+        missing sequence mask is `seq != pad_id`. The models see no mask (right padding is causal-safe), as in
+        x-transformers. `reference_logps=(chosen [B], rejected [B])` replaces the reference forward pass.
+        """
+        chosen_mask, rejected_mask = self._scored_masks(
+            preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
+
+        ref_chosen = ref_rejected = None
+        if self.is_reference_free:
+            if exists(reference_logps):
+                raise ValueError(f"loss_type {self.loss_type!r} is reference-free; reference_logps must be None")
+        elif exists(reference_logps):
+            validate_reference_logps(reference_logps, preferred_seq.shape[0])
+            ref_chosen, ref_rejected = (logps.detach() for logps in reference_logps)
+        else:
+            ref_chosen, ref_rejected = self._reference_logprobs(
+                preferred_seq, unpreferred_seq, chosen_mask, rejected_mask)
+
+        policy_chosen = self._sequence_logprobs(self.policy_model, preferred_seq, chosen_mask)
+        policy_rejected = self._sequence_logprobs(self.policy_model, unpreferred_seq, rejected_mask)
+
+        loss, metrics = preference_loss(
+            policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta, loss_type=self.loss_type,
+            label_smoothing=self.label_smoothing, divergence=self.divergence, alpha=self.alpha, gamma=self.gamma,
+        )
+        return (loss, metrics) if return_metrics else loss

@@ -1,0 +1,116 @@
+"""Checks of user input to `DPO.forward`, run before any model call.
+
+A bad batch should fail loudly with a message naming the argument and what was expected, not as an
+index error deep inside an embedding or as a NaN loss three hundred steps later.
+"""
+
+import torch
+
+from dpo_torch.helpers import exists
+
+
+def model_num_tokens(model):
+    """Vocabulary size of an x-transformers `TransformerWrapper` (None when the model does not say)."""
+    return getattr(model, "num_tokens", None)
+
+
+def model_max_seq_len(model):
+    """Longest input the model accepts; None when unbounded (x-transformers uses max_seq_len=0 for that)."""
+    max_seq_len = getattr(model, "max_seq_len", None)
+    if not exists(max_seq_len) or max_seq_len <= 0:
+        return None
+    return max_seq_len
+
+
+def _check_token_tensor(seq, name):
+    if not torch.is_tensor(seq):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(seq).__name__}")
+    if seq.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [batch, seq_len], got {seq.ndim}-D with shape {tuple(seq.shape)}")
+    if seq.dtype == torch.bool or seq.dtype.is_floating_point or seq.dtype.is_complex:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {seq.dtype}")
+
+
+def _check_mask(mask, name, expected_shape):
+    if not torch.is_tensor(mask):
+        raise TypeError(f"{name} must be a bool torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor, got dtype {mask.dtype}")
+    if tuple(mask.shape) != tuple(expected_shape):
+        raise ValueError(
+            f"{name} must have the sequences' shape {tuple(expected_shape)}, got {tuple(mask.shape)}"
+        )
+
+
+def _check_token_range(seq, name, num_tokens):
+    out_of_range = (seq < 0) | (seq >= num_tokens)
+    if out_of_range.any():
+        row, col = (int(i) for i in out_of_range.nonzero()[0])
+        value = int(seq[row, col])
+        raise ValueError(
+            f"{name} holds token id {value} at (row {row}, col {col}), outside the vocabulary [0, {num_tokens})"
+        )
+
+
+def validate_dpo_inputs(preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
+                        unpreferred_seq_mask=None, num_tokens=None, max_seq_len=None):
+    """Raise TypeError / ValueError naming the offending argument; return None when the batch is usable.
+
+    `num_tokens` / `max_seq_len` of None skip the vocabulary and length checks.
+    """
+    _check_token_tensor(preferred_seq, "preferred_seq")
+    _check_token_tensor(unpreferred_seq, "unpreferred_seq")
+    if preferred_seq.shape != unpreferred_seq.shape:
+        raise ValueError(
+            f"preferred_seq and unpreferred_seq must have the same shape, got {tuple(preferred_seq.shape)} "
+            f"and {tuple(unpreferred_seq.shape)} (pad both to one length)"
+        )
+    seq_len = preferred_seq.shape[-1]
+    if seq_len < 2:
+        raise ValueError(
+            f"sequences must have length >= 2 (one input token and one target), got length {seq_len}"
+        )
+    if exists(max_seq_len) and seq_len - 1 > max_seq_len:
+        raise ValueError(
+            f"sequences of length {seq_len} are too long: the model sees N - 1 = {seq_len - 1} tokens (the last "
+            f"token is only a target), which must be <= max_seq_len = {max_seq_len}"
+        )
+
+    expected_shape = tuple(preferred_seq.shape)
+    _check_mask(prompt_mask, "prompt_mask", expected_shape)
+    if exists(preferred_seq_mask):
+        _check_mask(preferred_seq_mask, "preferred_seq_mask", expected_shape)
+    if exists(unpreferred_seq_mask):
+        _check_mask(unpreferred_seq_mask, "unpreferred_seq_mask", expected_shape)
+
+    if exists(num_tokens):
+        _check_token_range(preferred_seq, "preferred_seq", num_tokens)
+        _check_token_range(unpreferred_seq, "unpreferred_seq", num_tokens)
+
+
+def check_scored_rows(mask, name):
+    """Refuse a row of the aligned scored mask with no True entry.
+
+    Decision (DESIGN.md section 3): such a row has no response token to score, so its mean is undefined.
+    It is an error, never a NaN nor a silent 0 that trains; it therefore never contributes to the loss.
+    """
+    empty_rows = (~mask.any(dim=-1)).nonzero().flatten().tolist()
+    if empty_rows:
+        raise ValueError(
+            f"{name}: row {empty_rows[0]} has no scored response token (rows with none: {empty_rows}); "
+            "every pair needs at least one non-prompt, non-pad token after the first position"
+        )
+
+
+def validate_reference_logps(reference_logps, batch_size):
+    """`reference_logps` must be a pair (chosen [B], rejected [B]) of floating tensors."""
+    if not (isinstance(reference_logps, (tuple, list)) and len(reference_logps) == 2):
+        raise TypeError(
+            "reference_logps must be a pair (ref_chosen_logps [B], ref_rejected_logps [B]), "
+            f"got {type(reference_logps).__name__}"
+        )
+    for name, logps in zip(("reference_logps[0] (chosen)", "reference_logps[1] (rejected)"), reference_logps):
+        if not torch.is_tensor(logps) or not logps.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating torch.Tensor, got {getattr(logps, 'dtype', type(logps).__name__)}")
+        if tuple(logps.shape) != (batch_size,):
+            raise ValueError(f"{name} must have shape ({batch_size},) (one log-prob per pair), got {tuple(logps.shape)}")
