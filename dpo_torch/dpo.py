@@ -104,7 +104,11 @@ class DPO(Module):
 
     def reference_logprobs(self, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
                            unpreferred_seq_mask=None):
-        """Reference log-probs (chosen [B], rejected [B]), to compute once and pass as `reference_logps`."""
+        """Reference log-probs (chosen [B], rejected [B]), to compute once and pass as `reference_logps`.
+
+        They are reduced with this module's `reduction` and `mask_alignment`; pass them back only to a module
+        with the same two options (and the same pad_id / masks), or the loss mixes incompatible numbers.
+        """
         if self.is_reference_free:
             raise ValueError(f"loss_type {self.loss_type!r} is reference-free: there is no reference model")
         chosen_mask, rejected_mask = self._scored_masks(

@@ -468,11 +468,14 @@ def test_row_with_no_scored_preferred_token_raises_naming_the_row(dpo):
         _call(dpo, **inputs)
 
 
-def test_row_with_no_scored_unpreferred_token_raises_naming_the_row(dpo):
+def test_all_prompt_row_raises_naming_the_row(dpo):
     inputs = _good()
     inputs["prompt_mask"][2, :] = True  # row 2 is all prompt
     with pytest.raises(ValueError, match="preferred_seq: row 2 has no scored response token"):
         _call(dpo, **inputs)
+
+
+def test_row_with_no_scored_unpreferred_token_raises_naming_the_row(dpo):
     inputs = _good()
     with pytest.raises(ValueError, match="unpreferred_seq: row 0 has no scored response token"):
         _call(dpo, **inputs, unpreferred_seq_mask=torch.tensor([[False] * 12, [True] * 12, [True] * 12]))
