@@ -1,0 +1,7 @@
+"""`python -m dpo_jax train ...`."""
+
+import sys
+
+from dpo_jax.cli import main
+
+sys.exit(main())

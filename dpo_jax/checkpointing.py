@@ -1,0 +1,92 @@
+"""Orbax checkpoints of a TrainState plus the run's JSON metadata (configs, data position, RNG).
+
+Each checkpoint is a step folder `checkpoints/<step>/` with two items: `state` (every array of the TrainState,
+keyed by its pytree path) and `meta` (JSON: step, seed, TrainConfig, model config, anything the caller adds).
+Orbax writes a step into a temporary folder (`<step>.orbax-checkpoint-tmp-*`) and renames it when complete,
+and `all_steps()` lists only finished step folders, so a run killed mid-save resumes from the previous
+checkpoint. Saves are synchronous (no background thread racing a kill). The newest `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def _leaf_name(path) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "_", jax.tree_util.keystr(path)).strip("_")
+
+
+def state_to_arrays(state) -> dict[str, jax.Array]:
+    """Flat {path name: array} view of a pytree (orbax-friendly names, independent of nnx internals)."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        name = _leaf_name(path)
+        if name in flat:
+            raise ValueError(f"two leaves map to the checkpoint name {name!r}")
+        flat[name] = leaf
+    return flat
+
+
+def arrays_to_state(arrays: dict, template):
+    """Rebuild a pytree shaped like `template` from `state_to_arrays` output."""
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
+    missing = [_leaf_name(p) for p, _ in leaves_with_path if _leaf_name(p) not in arrays]
+    if missing:
+        raise ValueError(f"checkpoint lacks {len(missing)} array(s) of the state, e.g. {missing[:3]}")
+    leaves = []
+    for path, leaf in leaves_with_path:
+        value = arrays[_leaf_name(path)]
+        if np.shape(value) != np.shape(leaf):
+            raise ValueError(f"{_leaf_name(path)}: checkpoint shape {np.shape(value)} != state {np.shape(leaf)}")
+        leaves.append(jax.numpy.asarray(value, dtype=leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+class Checkpointer:
+    """Save / restore (TrainState, meta dict) under `directory`, keeping the newest `keep` steps."""
+
+    def __init__(self, directory, *, keep: int = 3):
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def all_steps(self) -> list[int]:
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state, meta: dict) -> None:
+        arrays = state_to_arrays(state)
+        self._manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
+                                                              meta=ocp.args.JsonSave(dict(meta, step=int(step)))),
+                           force=True)
+        self._manager.wait_until_finished()
+
+    def read_meta(self, step: int | None = None) -> dict:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, template, step: int | None = None):
+        """(state shaped like `template`, meta) of `step` (default: the latest finished checkpoint)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract = {name: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype)
+                    for name, leaf in state_to_arrays(template).items()}
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                       meta=ocp.args.JsonRestore()))
+        return arrays_to_state(restored["state"], template), restored["meta"]
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,135 @@
+"""`dpo-jax train`: command-line front end of `dpo_jax.run.train`.
+
+With no options it runs the built-in demo end to end; `--data FILE` trains on a preference JSONL instead.
+Bad options exit through argparse (status 2, message on stderr); a non-finite loss exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dpo_jax.losses import DIVERGENCES, LOSS_TYPES
+from dpo_jax.optim import OPTIMIZERS, SCHEDULES
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpo-jax", description="DPO training in JAX/Flax/optax.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a policy with DPO (no options: run the demo)")
+    data = train.add_argument_group("data and run")
+    data.add_argument("--data", help="preference JSONL (prompt/chosen/rejected); default: the built-in demo")
+    data.add_argument("--tokenizer", help="Hugging Face tokenizer.json (default: byte tokenizer)")
+    data.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    data.add_argument("--resume", metavar="DIR", help="resume the run in DIR from its last checkpoint")
+    data.add_argument("--steps", type=_positive_int)
+    data.add_argument("--batch-size", type=_positive_int, default=16)
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--log-every", type=_positive_int, default=1)
+    data.add_argument("--checkpoint-every", type=_positive_int, default=50)
+    data.add_argument("--keep-checkpoints", type=_positive_int, default=3)
+    data.add_argument("--quick", action="store_true", help="shortened demo (tests, CI)")
+    data.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    loss = train.add_argument_group("loss")
+    loss.add_argument("--beta", type=_positive_float, default=0.1)
+    loss.add_argument("--loss-type", choices=LOSS_TYPES, default="sigmoid")
+    loss.add_argument("--reduction", choices=("mean", "sum"), default="mean")
+    loss.add_argument("--divergence", choices=DIVERGENCES, default="reverse_kl")
+    loss.add_argument("--label-smoothing", type=float, default=0.0)
+    loss.add_argument("--precompute-ref", action="store_true", help="reference log-probs once, cached")
+    loss.add_argument("--ref-sync-every", type=_non_negative_int, default=0, metavar="K", help="TR-DPO period")
+    loss.add_argument("--ref-sync-alpha", type=float, default=0.6, metavar="A", help="TR-DPO mixing weight")
+    optim = train.add_argument_group("optimizer")
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    optim.add_argument("--lr", type=_positive_float, help="peak learning rate (default adamw 1e-4, rmsprop 1e-6)")
+    optim.add_argument("--warmup-steps", type=_non_negative_int, help="default adamw 0, rmsprop 150")
+    optim.add_argument("--schedule", choices=SCHEDULES, default="constant")
+    optim.add_argument("--weight-decay", type=float, default=0.0)
+    optim.add_argument("--grad-accum", type=_positive_int, default=1)
+    optim.add_argument("--grad-clip", type=float, default=1.0, help="global-norm clip; 0 disables")
+    optim.add_argument("--bf16", action="store_true", help="bfloat16 forward, float32 master weights and loss")
+    model = train.add_argument_group("model (with --data)")
+    model.add_argument("--dim", type=_positive_int, default=64)
+    model.add_argument("--depth", type=_positive_int, default=2)
+    model.add_argument("--heads", type=_positive_int, default=4)
+    model.add_argument("--max-seq-len", type=_positive_int, default=128)
+    model.add_argument("--init-from", metavar="FILE.safetensors", help="start from a converted checkpoint")
+    return parser
+
+
+def run_config_from_args(args, parser):
+    from dpo_jax.run import RunConfig, load_run_config
+    from dpo_jax.train import TrainConfig
+
+    if args.resume:
+        try:
+            config = load_run_config(args.resume)
+        except FileNotFoundError as err:
+            parser.error(str(err))
+        if args.steps is not None:
+            config.steps = args.steps
+        config.progress = not args.no_progress
+        return config
+    if args.dim % args.heads:
+        parser.error(f"--dim {args.dim} must be divisible by --heads {args.heads}")
+    try:
+        train_config = TrainConfig(
+            beta=args.beta, loss_type=args.loss_type, reduction=args.reduction, divergence=args.divergence,
+            label_smoothing=args.label_smoothing, optimizer=args.optimizer, learning_rate=args.lr,
+            warmup_steps=args.warmup_steps, schedule=args.schedule, weight_decay=args.weight_decay,
+            grad_accum=args.grad_accum, grad_clip=args.grad_clip or None, precompute_ref=args.precompute_ref,
+            ref_sync_every=args.ref_sync_every, ref_sync_alpha=args.ref_sync_alpha, bf16=args.bf16)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.batch_size % args.grad_accum:
+        parser.error(f"--batch-size {args.batch_size} must be divisible by --grad-accum {args.grad_accum}")
+    return RunConfig(out_dir=args.out, data=args.data, tokenizer=args.tokenizer, steps=args.steps,
+                     batch_size=args.batch_size, seed=args.seed, log_every=args.log_every,
+                     checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, dim=args.dim,
+                     depth=args.depth, heads=args.heads, max_seq_len=args.max_seq_len, init_from=args.init_from,
+                     quick=args.quick, progress=not args.no_progress, train=train_config)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = run_config_from_args(args, parser)
+    from dpo_jax.data import DataError
+    from dpo_jax.run import NonFiniteError, train
+
+    try:
+        summary = train(config)
+    except NonFiniteError as err:
+        print(f"dpo-jax: {err}", file=sys.stderr)
+        return 1
+    except (DataError, FileNotFoundError) as err:
+        print(f"dpo-jax: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Precomputed reference log-probs: one reference forward per distinct batch, cached in host memory.
+
+With a fixed reference the reference forward pass is the same every time a batch comes round, so
+`--precompute-ref` computes it once, up front, for every batch the run will see, and the train step reads
+`ref_chosen_logps`/`ref_rejected_logps` from the batch instead of holding the reference weights. Batches are
+keyed by a content hash of their arrays, so the cache is correct whatever order or epoch a batch comes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable
+
+import jax
+import numpy as np
+from flax import nnx
+
+from dpo_jax.dpo import reference_logprobs
+from dpo_jax.train import SEQUENCE_KEYS, TrainConfig, cast_for_compute, compute_graphdef
+
+
+def batch_key(batch) -> str:
+    """sha256 over the shapes, dtypes and bytes of the token and mask arrays of a batch dict."""
+    digest = hashlib.sha256()
+    for key in SEQUENCE_KEYS:
+        value = batch.get(key)
+        if value is None:
+            digest.update(f"{key}:none;".encode())
+            continue
+        value = np.ascontiguousarray(np.asarray(value))
+        digest.update(f"{key}:{value.dtype.str}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def make_reference_fn(graphdef, config: TrainConfig):
+    """Jitted (ref_params, batch) -> (chosen [B], rejected [B]) with the loss's reduction and alignment."""
+    def reference_fn(ref_params, batch):
+        model = nnx.merge(compute_graphdef(graphdef, ref_params, config.bf16),
+                          cast_for_compute(ref_params, config.bf16))
+        logps = reference_logprobs(model, batch["preferred_seq"], batch["unpreferred_seq"],
+                                   prompt_mask=batch["prompt_mask"],
+                                   preferred_seq_mask=batch.get("preferred_seq_mask"),
+                                   unpreferred_seq_mask=batch.get("unpreferred_seq_mask"), pad_id=config.pad_id,
+                                   reduction=config.reduction, mask_alignment=config.mask_alignment)
+        return logps.chosen, logps.rejected
+    return jax.jit(reference_fn)
+
+
+class ReferenceCache:
+    """In-memory map batch hash -> (chosen, rejected) reference log-probs (numpy float32 [B])."""
+
+    def __init__(self, graphdef, ref_params, config: TrainConfig):
+        self._fn = make_reference_fn(graphdef, config)
+        self._ref_params = ref_params
+        self._table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def lookup(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        key = batch_key(batch)
+        if key not in self._table:
+            self.misses += 1
+            chosen, rejected = self._fn(self._ref_params, {k: batch[k] for k in SEQUENCE_KEYS if k in batch})
+            self._table[key] = (np.asarray(chosen), np.asarray(rejected))
+        return self._table[key]
+
+    def precompute(self, batches: Iterable) -> None:
+        """Fill the cache for every batch (dicts) before training; later lookups are pure host reads."""
+        for batch in batches:
+            self.lookup(batch)
+
+    def with_reference(self, batch) -> dict:
+        """The batch dict plus its cached ref_chosen_logps / ref_rejected_logps."""
+        chosen, rejected = self.lookup(batch)
+        return dict(batch, ref_chosen_logps=chosen, ref_rejected_logps=rejected)

@@ -1,0 +1,241 @@
+"""`train(run_config)`: the whole DPO run - models, data, jitted step, logging, checkpoints, final files.
+
+A run is resumable at any moment: batches are a pure function of (seed, step) (`PreferenceDataset.get_batch`),
+the TrainState (with its RNG) is checkpointed by orbax, and on resume metrics.jsonl is cut back to the
+checkpoint's step, so the resumed run logs exactly what an uninterrupted run would have. A non-finite loss or
+gradient norm stops the run (`NonFiniteError`) without saving: the last checkpoint stays the last good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dpo_jax.checkpointing import Checkpointer
+from dpo_jax.data import PreferenceDataset, read_preference_jsonl
+from dpo_jax.reference import ReferenceCache
+from dpo_jax.run_files import (POLICY_FILE, PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
+                               write_json)
+from dpo_jax.train import TrainConfig, init_train_state, make_train_step
+
+LOGGED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                  "logps/chosen", "logps/rejected", "grad_norm", "lr")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient norm became NaN/Inf; the update was refused and nothing was saved."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """What a run trains on and where it writes; `train` holds the optimisation hyper-parameters."""
+
+    out_dir: str | None = None
+    data: str | None = None            # preference JSONL; None runs the built-in demo
+    tokenizer: str | None = None       # HF tokenizer.json; None -> byte tokenizer
+    steps: int | None = None           # None: 200 for the demo (40 with quick), 100 with --data
+    batch_size: int = 16
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    max_seq_len: int = 128
+    init_from: str | None = None       # safetensors written by checkpoint_io.save_safetensors
+    quick: bool = False
+    progress: bool = True
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    stop_after_step: int | None = None  # fault injection for tests: return as if killed after this step
+
+    @property
+    def num_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        if self.data is None:
+            return 40 if self.quick else 200
+        return 100
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("stop_after_step")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        data = dict(data)
+        data["train"] = TrainConfig.from_dict(data.get("train", {}))
+        return cls(**data)
+
+
+def load_run_config(run_dir) -> RunConfig:
+    """The config a run directory was started with (for --resume)."""
+    path = os.path.join(run_dir, RUN_CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {RUN_CONFIG_FILE} is missing")
+    with open(path) as handle:
+        config = RunConfig.from_dict(json.load(handle))
+    config.out_dir = os.fspath(run_dir)
+    return config
+
+
+@dataclasses.dataclass
+class _Task:
+    policy: Any
+    reference: Any
+    examples: list
+    pad_id: int
+    max_len: int
+    demo: Any = None
+
+
+def _build_task(config: RunConfig) -> _Task:
+    if config.data is None:
+        from dpo_jax.demo import build_demo  # imported late: the demo trains its SFT reference on demand
+
+        demo = build_demo(seed=config.seed, quick=config.quick)
+        return _Task(demo.reference, demo.reference, list(demo.train_examples), demo.pad_id, demo.max_len, demo)
+    from dpo_jax.checkpoint_io import load_safetensors
+    from dpo_jax.model import Transformer, TransformerConfig
+    from dpo_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    examples = read_preference_jsonl(config.data, tokenizer)
+    if config.init_from:
+        model = load_safetensors(config.init_from)
+    else:
+        model_config = TransformerConfig(num_tokens=tokenizer.vocab_size, max_seq_len=config.max_seq_len,
+                                         dim=config.dim, depth=config.depth, heads=config.heads,
+                                         attn_dim_head=max(config.dim // config.heads, 1))
+        model = Transformer(model_config, rngs=nnx.Rngs(config.seed))
+    if model.config.num_tokens < tokenizer.vocab_size:
+        raise ValueError(f"model vocabulary {model.config.num_tokens} < tokenizer vocabulary {tokenizer.vocab_size}")
+    return _Task(model, model, examples, tokenizer.pad_id, model.config.max_seq_len)
+
+
+def _default_out_dir() -> str:
+    return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def _merged(graphdef, params):
+    return nnx.merge(graphdef, params)
+
+
+@functools.lru_cache(maxsize=8)
+def _train_step(graphdef, train_config: TrainConfig):
+    """One jitted step per (model graph, config) in a process: a resumed or repeated run does not recompile."""
+    return make_train_step(graphdef, train_config)
+
+
+class _Progress:
+    """tqdm bar when asked (and available); silent otherwise."""
+
+    def __init__(self, enabled: bool, start: int, total: int):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="dpo", unit="step", dynamic_ncols=True)
+
+    def update(self, postfix: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(config: RunConfig) -> dict:
+    """Run (or resume) DPO training; returns the summary also written to summary.json."""
+    run_dir = config.out_dir or _default_out_dir()
+    os.makedirs(run_dir, exist_ok=True)
+    num_steps = config.num_steps
+    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=config.keep_checkpoints)
+    resuming = checkpointer.latest_step() is not None
+    if not resuming:
+        write_json(os.path.join(run_dir, RUN_CONFIG_FILE), config.to_dict())
+
+    task = _build_task(config)
+    train_config = config.train.replace(total_steps=max(num_steps, 1))
+    graphdef, state = init_train_state(task.policy, task.reference, train_config, seed=config.seed)
+    step_fn = _train_step(graphdef, train_config)
+    dataset = PreferenceDataset(task.examples, batch_size=config.batch_size, seed=config.seed,
+                                max_len=task.max_len, pad_id=task.pad_id, drop_last=len(task.examples) >= config.batch_size,
+                                pad_to_multiple_of=task.max_len)  # one fixed shape: one compile
+
+    meta = {"seed": config.seed, "train_config": train_config.to_dict(),
+            "model_config": json.loads(task.policy.config.to_json()), "run_config": config.to_dict()}
+    if resuming:
+        state, saved = checkpointer.restore(state)
+        meta.update({k: v for k, v in saved.items() if k.startswith("preferred_rate")})
+    elif task.demo is not None:
+        meta["preferred_rate_before"] = float(task.demo.preferred_rate(task.reference, seed=config.seed))
+    start = int(state.step)
+    log = MetricsLog(run_dir, resume_step=start)
+
+    cache = None
+    if train_config.precompute_ref and not train_config.reference_free:
+        cache = ReferenceCache(graphdef, nnx.split(task.reference, nnx.Param)[1], train_config)
+        cache.precompute(dataset.get_batch(s).as_dict() for s in range(start, num_steps))
+
+    progress = _Progress(config.progress, start, num_steps)
+    timed_tokens, timed_seconds, metrics = 0, 0.0, {}
+    try:
+        for step in range(start, num_steps):
+            batch = dataset.get_batch(step)
+            arrays = batch.as_dict()
+            if cache is not None:
+                arrays = cache.with_reference(arrays)
+            began = time.perf_counter()
+            state, device_metrics = step_fn(state, {k: jnp.asarray(v) for k, v in arrays.items()})
+            metrics = {k: np.asarray(v).item() for k, v in jax.device_get(device_metrics).items()}
+            if step > start:  # the first step of a process compiles; keep it out of the throughput
+                timed_seconds += time.perf_counter() - began
+                timed_tokens += batch.num_scored_tokens()
+            if not metrics.pop("finite"):
+                bad = [f"{k}={metrics[k]}" for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
+                bad = bad or ["updated parameters are not finite"]
+                last = checkpointer.latest_step()
+                raise NonFiniteError(f"non-finite value at step {step + 1}: {', '.join(bad)}; training stopped, "
+                                     f"update refused, last good checkpoint: "
+                                     f"{'none' if last is None else f'step {last}'} in {checkpointer.directory}")
+            done = step + 1
+            tokens_per_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
+            if done % config.log_every == 0 or done == num_steps:
+                log.append(done, {**{k: metrics[k] for k in LOGGED_METRICS}, "tokens_per_s": tokens_per_s})
+            progress.update({"step": done, "loss": f"{metrics['loss']:.4f}",
+                             "acc": f"{metrics['rewards/accuracies']:.2f}", "tok/s": f"{tokens_per_s:.0f}"})
+            if done % config.checkpoint_every == 0 or done == num_steps:
+                checkpointer.save(done, state, meta)
+            if config.stop_after_step is not None and done >= config.stop_after_step:
+                return {"stopped_at_step": done}
+    finally:
+        progress.close()
+
+    policy = _merged(graphdef, state.params)
+    from dpo_jax.checkpoint_io import save_safetensors
+
+    save_safetensors(policy, os.path.join(run_dir, POLICY_FILE))
+    plot_training(log.records, os.path.join(run_dir, PLOT_FILE))
+    summary = {"steps": num_steps, "run_dir": os.path.abspath(run_dir),
+               "tokens_per_s": timed_tokens / timed_seconds if timed_seconds > 0 else None,
+               **{k: (metrics or (log.records[-1] if log.records else {})).get(k) for k in LOGGED_METRICS}}
+    if task.demo is not None:
+        summary["preferred_rate_before"] = meta.get("preferred_rate_before")
+        summary["preferred_rate_after"] = float(task.demo.preferred_rate(policy, seed=config.seed))
+    write_json(os.path.join(run_dir, SUMMARY_FILE), summary)
+    checkpointer.close()
+    return summary

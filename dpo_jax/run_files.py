@@ -1,0 +1,87 @@
+"""The run directory's files: metrics.jsonl (append, truncate on resume), summary.json, training.png."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "training.png"
+RUN_CONFIG_FILE = "run_config.json"
+POLICY_FILE = "policy.safetensors"
+
+
+def _json_value(value):
+    value = float(value)
+    return value if math.isfinite(value) else str(value)  # JSON has no NaN/Inf: write "nan"/"inf"
+
+
+class MetricsLog:
+    """One JSON object per logged step; on resume, entries beyond the restored step are dropped."""
+
+    def __init__(self, run_dir, *, resume_step: int = 0):
+        self.path = os.path.join(run_dir, METRICS_FILE)
+        self.records = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step else []
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        temporary = self.path + ".tmp"
+        with open(temporary, "w") as handle:
+            for record in self.records:
+                handle.write(json.dumps(record) + "\n")
+        os.replace(temporary, self.path)
+
+    def append(self, step: int, metrics: dict) -> dict:
+        record = {"step": int(step), **{k: _json_value(v) for k, v in metrics.items()}}
+        self.records.append(record)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        return record
+
+
+def read_metrics(path) -> list[dict]:
+    """Records of a metrics.jsonl; a torn last line (a kill mid-write) is ignored."""
+    if os.path.isdir(path):
+        path = os.path.join(path, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def write_json(path, data) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(temporary, path)
+
+
+def plot_training(records: list[dict], path) -> None:
+    """Loss and reward margins against step (matplotlib Agg: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    figure, (loss_axis, margin_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(steps, [r.get("loss") for r in records])
+    loss_axis.set(title="DPO loss", xlabel="step", ylabel="loss")
+    margin_axis.plot(steps, [r.get("rewards/margins") for r in records], label="margin")
+    margin_axis.plot(steps, [r.get("rewards/chosen") for r in records], label="chosen", alpha=0.6)
+    margin_axis.plot(steps, [r.get("rewards/rejected") for r in records], label="rejected", alpha=0.6)
+    margin_axis.set(title="rewards", xlabel="step")
+    margin_axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
