@@ -96,7 +96,8 @@ def _as_numpy(value) -> np.ndarray:
 
 def model_from_state_dict(config: TransformerConfig, state_dict, *, rngs: nnx.Rngs | None = None) -> Transformer:
     """Build a Transformer and load an x-transformers state_dict (numpy or torch values) into it."""
-    model = Transformer(config, rngs=rngs or nnx.Rngs(0))
+    # abstract init (shapes only): random init of weights that are overwritten anyway is slow
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=rngs or nnx.Rngs(0)))
     table = parameter_table(model)
     expected = {key for key, _, _ in table} | ({ROTARY_BUFFER_KEY} if config.rotary_pos_emb else set())
     missing, unexpected = expected - set(state_dict), set(state_dict) - expected
@@ -111,9 +112,9 @@ def model_from_state_dict(config: TransformerConfig, state_dict, *, rngs: nnx.Rn
     for key, param, transpose in table:
         value = _as_numpy(state_dict[key])
         value = value.T if transpose else value
-        if value.shape != param[...].shape:
-            raise ValueError(f"{key}: shape {value.shape} (after layout change), expected {param[...].shape}")
-        param[...] = jnp.asarray(value, dtype=config.param_dtype)
+        if value.shape != param.get_value().shape:
+            raise ValueError(f"{key}: shape {value.shape} (after layout change), expected {param.get_value().shape}")
+        param.set_value(jnp.asarray(value, dtype=config.param_dtype))
     return model
 
 

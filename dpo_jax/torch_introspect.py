@@ -50,6 +50,16 @@ def _norm_kind(norm) -> str:
     return kind
 
 
+WRAPPER_OPTION_NAMES = {"ShiftTokens": "shift_tokens", "LayerScale": "use_layerscale",
+                        "AdaptiveLayerScale": "use_adaptive_layerscale", "Scale": "scale_residual (constant)"}
+
+
+def _require_type(module, expected) -> None:
+    """Branch modules wrapped by an option (ShiftTokens, LayerScale, Scale) are refused by option name."""
+    name = type(module).__name__
+    _require(type(module) is expected, WRAPPER_OPTION_NAMES.get(name, name))
+
+
 def _check_attend(attend, qk_norm: bool) -> None:
     import torch.nn.functional as F
 
@@ -81,7 +91,7 @@ def _read_attention(attn, heads: int, dim: int, dim_head: int) -> dict:
 
     from x_transformers import x_transformers as xt
 
-    _require(type(attn) is xt.Attention, type(attn).__name__)
+    _require_type(attn, xt.Attention)
     _check_defaults(attn, {
         "causal": (True, "causal (encoder / non-causal attention)"),
         "max_attend_past": (None, "attn_max_attend_past"),
@@ -131,7 +141,7 @@ def _read_feedforward(ff_module, dim: int) -> dict:
 
     from x_transformers import x_transformers as xt
 
-    _require(type(ff_module) is xt.FeedForward, type(ff_module).__name__)
+    _require_type(ff_module, xt.FeedForward)
     ff = ff_module.ff
     _require(len(ff) == 3, "ff_post_act_ln / ff_sublayer_dropout", f"{len(ff)} modules in ff")
     proj_in, dropout, proj_out = ff[0], ff[1], ff[2]
@@ -187,7 +197,8 @@ def _check_wrapper(wrapper) -> None:
 def _check_attention_layers(layers) -> None:
     from x_transformers import x_transformers as xt
 
-    _require(type(layers) in (xt.Decoder, xt.AttentionLayers), type(layers).__name__, "only Decoder")
+    _require(type(layers) in (xt.Decoder, xt.AttentionLayers), type(layers).__name__,
+             "only Decoder: encoder / prefix (non-causal) attention is not ported")
     _check_defaults(layers, {
         "causal": (True, "causal (Encoder / PrefixDecoder)"), "cross_attend": (False, "cross_attend"),
         "num_residual_streams": (1, "num_residual_streams"), "reinject_input": (False, "reinject_input"),
@@ -238,11 +249,9 @@ def config_from_torch(wrapper) -> TransformerConfig:
             per_layer.append(_read_attention(fn, heads, dim, dim_head))
         else:
             if macaron:
-                _require(type(fn) is xt.Scale and fn.scale == 0.5, "macaron", type(fn).__name__)
+                _require_type(fn, xt.Scale)
+                _require(fn.scale == 0.5, "macaron", f"scale {fn.scale}")
                 fn = fn.fn
-            elif type(fn) is not xt.FeedForward:
-                names = {"ShiftTokens": "shift_tokens", "LayerScale": "use_layerscale", "Scale": "scale_residual"}
-                _refuse(names.get(type(fn).__name__, type(fn).__name__))
             per_layer.append(_read_feedforward(fn, dim))
     attn_opts = [p for p in per_layer if "kv_heads" in p]
     ff_opts = [p for p in per_layer if "ff_glu" in p]
