@@ -66,7 +66,9 @@ def validate_loss_options(*, beta, loss_type, label_smoothing, divergence, alpha
         below = label_smoothing <= high if high_inclusive else label_smoothing < high
         if not (above and below):
             interval = f"{'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
-            raise ValueError(f"label_smoothing for loss_type {loss_type!r} must lie in {interval}, got {label_smoothing!r}")
+            hint = " (EXO recommends 1e-3)" if loss_type == "exo_pair" else ""
+            raise ValueError(
+                f"label_smoothing for loss_type {loss_type!r} must lie in {interval}, got {label_smoothing!r}{hint}")
     if not has_reference and loss_type not in REFERENCE_FREE_LOSSES:
         raise ValueError(
             f"loss_type {loss_type!r} needs a reference model or precomputed reference log-probs; "

@@ -1,11 +1,15 @@
 """The loss family: torch and JAX against the float64 NumPy oracle, and against each other.
 
 Three independent comparisons per case: torch in float64 vs the oracle (formula check, 1e-12), JAX in
-float64 vs the oracle (1e-12), torch float32 vs JAX float32 on loss, metrics and gradients (1e-6 / 1e-5).
+float64 vs the oracle (1e-12), and torch float32 vs JAX float32 on loss, metrics and gradients (1e-6 / 1e-5)
+at per-token ("mean reduction") scale. At summed-sequence scale (|logp| ~ 100s) a float32 reward margin is a
+difference of operands ~1e2-1e3 whose last-bit rounding alone exceeds 1e-6 of the result, so there the
+float64 comparisons carry the formula check and the model-level parity tests carry float32.
 """
 
 import itertools
 import math
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -48,12 +52,17 @@ def kwargs_of(case, beta):
                 gamma=0.5)
 
 
+def case_seed(case, scale, draw):
+    return zlib.crc32(repr((case, scale, draw)).encode())
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("scale", [1.0, 40.0], ids=["mean-scale", "sum-scale"])
-def test_loss_family_matches_oracle_and_each_other(case, scale):
+@pytest.mark.parametrize("draw", [0, 1])
+def test_loss_family_matches_oracle_and_each_other(case, scale, draw):
     beta = 0.1 if case[0] != "simpo" else 2.0
     kwargs = kwargs_of(case, beta)
-    logps = make_logps(hash(case) % 1000 + int(scale), scale)
+    logps = make_logps(case_seed(case, scale, draw), scale)
     reference_free = case[0] in tl.REFERENCE_FREE_LOSSES
     expected = oracle_pair_losses(*logps, **kwargs).mean()
     expected_metrics = oracle_metrics(logps[0], logps[1], None if reference_free else logps[2],
@@ -70,6 +79,8 @@ def test_loss_family_matches_oracle_and_each_other(case, scale):
         assert abs(metrics_t64[name].item() - value) <= 1e-12 * max(1.0, abs(value)), name
         assert abs(float(metrics_j64[name]) - value) <= 1e-12 * max(1.0, abs(value)), name
 
+    if scale != 1.0:
+        return  # float32 cross-check at per-token scale only (module docstring)
     # float32: torch and JAX agree on the loss, every metric and the gradient w.r.t. every input.
     torch32 = [torch.tensor(a, requires_grad=True) for a in logps]
     loss_t, metrics_t = tl.preference_loss(*torch32, **kwargs)
