@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     except NonFiniteError as err:
         print(f"dpo-jax: {err}", file=sys.stderr)
         return 1
-    except (DataError, FileNotFoundError) as err:
+    except (DataError, FileNotFoundError, ValueError) as err:  # bad data, paths or checkpoint contents
         print(f"dpo-jax: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, sort_keys=True))

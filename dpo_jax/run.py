@@ -101,12 +101,18 @@ class _Task:
 
 
 def _build_task(config: RunConfig) -> _Task:
+    from dpo_jax.checkpoint_io import load_safetensors
+
     if config.data is None:
         from dpo_jax.demo import build_demo  # imported late: the demo trains its SFT reference on demand
 
         demo = build_demo(seed=config.seed, quick=config.quick)
-        return _Task(demo.reference, demo.reference, list(demo.train_examples), demo.pad_id, demo.max_len, demo)
-    from dpo_jax.checkpoint_io import load_safetensors
+        policy = demo.reference
+        if config.init_from:  # the policy starts elsewhere; the reference stays the demo's SFT model
+            policy = load_safetensors(config.init_from)
+            if not policy.config.same_architecture(demo.reference.config):
+                raise ValueError(f"--init-from {config.init_from}: architecture differs from the demo model")
+        return _Task(policy, demo.reference, list(demo.train_examples), demo.pad_id, demo.max_len, demo)
     from dpo_jax.model import Transformer, TransformerConfig
     from dpo_jax.tokenizer import load_tokenizer
 
