@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     data.add_argument("--resume", metavar="DIR", help="resume the run in DIR from its last checkpoint")
     data.add_argument("--steps", type=_positive_int)
-    data.add_argument("--batch-size", type=_positive_int, default=16)
+    data.add_argument("--batch-size", type=_positive_int, help="default: demo 32, --data 16")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--log-every", type=_positive_int, default=1)
     data.add_argument("--checkpoint-every", type=_positive_int, default=50)
@@ -53,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--quick", action="store_true", help="shortened demo (tests, CI)")
     data.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     loss = train.add_argument_group("loss")
-    loss.add_argument("--beta", type=_positive_float, default=0.1)
+    loss.add_argument("--beta", type=_positive_float, help="default: demo 1.0 (summed log-probs), --data 0.1")
     loss.add_argument("--loss-type", choices=LOSS_TYPES, default="sigmoid")
-    loss.add_argument("--reduction", choices=("mean", "sum"), default="mean")
+    loss.add_argument("--reduction", choices=("mean", "sum"), help="default: demo sum, --data mean (the seed)")
     loss.add_argument("--divergence", choices=DIVERGENCES, default="reverse_kl")
     loss.add_argument("--label-smoothing", type=float, default=0.0)
     loss.add_argument("--precompute-ref", action="store_true", help="reference log-probs once, cached")
@@ -79,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GENERAL_DEFAULTS = {"beta": 0.1, "reduction": "mean", "batch_size": 16}
+
+
+def fill_task_defaults(args):
+    """Options left unset take the demo's tuned recipe (no --data) or the seed's general defaults."""
+    if args.data is None:
+        from dpo_jax.demo import DEMO_RECIPE
+        defaults = dict(DEMO_RECIPE, lr=DEMO_RECIPE["learning_rate"],
+                        steps=DEMO_RECIPE["quick_steps"] if args.quick else DEMO_RECIPE["steps"])
+    else:
+        defaults = GENERAL_DEFAULTS
+    for name in ("beta", "reduction", "batch_size", "lr", "steps"):
+        if getattr(args, name, None) is None and name in defaults:
+            setattr(args, name, defaults[name])
+
+
 def run_config_from_args(args, parser):
     from dpo_jax.run import RunConfig, load_run_config
     from dpo_jax.train import TrainConfig
@@ -92,6 +108,7 @@ def run_config_from_args(args, parser):
             config.steps = args.steps
         config.progress = not args.no_progress
         return config
+    fill_task_defaults(args)
     if args.dim % args.heads:
         parser.error(f"--dim {args.dim} must be divisible by --heads {args.heads}")
     try:
