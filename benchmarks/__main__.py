@@ -38,6 +38,7 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads in each torch worker")
     parser.add_argument("--peak-flops", type=float, help="device peak FLOP/s for MFU (needed on CPU)")
     parser.add_argument("--sweep", choices=("seq", "vocab"), help="scaling sweep for dpo_jax and dpo_torch")
     parser.add_argument("--out", type=Path, help="FILE.json; FILE.md and FILE.png are written beside it")
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     preset = "quick" if args.quick else args.preset
     overrides = {key: getattr(args, key) for key in
                  ("dim", "depth", "heads", "num_tokens", "pairs", "prompt_len", "completion_len", "dtype",
-                  "repeats", "warmup", "seed")}
+                  "repeats", "warmup", "seed", "torch_threads")}
     config, default_contenders = resolve(preset, **overrides)
     if args.sweep:
         default_contenders = SWEEP_CONTENDERS

@@ -108,11 +108,15 @@ def measure(name: str, config) -> dict:
     from benchmarks.contenders import CONTENDERS, make_batch, make_setup
 
     factory = CONTENDERS[name]
+    import torch
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     result = {"contender": name, "framework": factory.framework}
     batch = make_batch(config)
     setup = make_setup(config, factory.framework)
     probe = MemoryProbe(factory.framework)
     result["device"] = device_name(factory.framework)
+    result["torch_threads"] = torch.get_num_threads()
     result["memory_kind"] = probe.kind
     baseline = probe.current()
 

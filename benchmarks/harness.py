@@ -15,6 +15,14 @@ from benchmarks.presets import BenchConfig, sweep_configs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "x_transformers"
+HEAD_BASELINE = "torch_head"  # the head-only preset has no x_transformers; its ratios are to plain torch
+
+
+def baseline_name(results: dict[str, dict]) -> str | None:
+    for name in (BASELINE, HEAD_BASELINE):
+        if name in results and not results[name].get("error"):
+            return name
+    return None
 
 
 def cpu_description() -> str:
@@ -66,10 +74,12 @@ def run_worker(name: str, config: BenchConfig, *, timeout_s: float = 1800) -> di
 
 
 def finish(results: dict[str, dict], config: BenchConfig, *, device: str, peak: float | None) -> dict[str, dict]:
-    """Add flops_per_step, mfu and ratio_to_x_transformers; null the measures of failed contenders."""
+    """Add flops_per_step, mfu and ratio_to_x_transformers (to torch_head in the head preset); null the
+    measures of failed contenders."""
     n_compute = compute_params(config)
     flops = flops_per_step(config, n_compute=n_compute)
-    base = results.get(BASELINE, {}).get("tokens_per_s") if not results.get(BASELINE, {}).get("error") else None
+    baseline = baseline_name(results)
+    base = results[baseline]["tokens_per_s"] if baseline else None
     for result in results.values():
         failed = bool(result.get("error"))
         for key in ("step_time_s", "tokens_per_s", "peak_mem_bytes", "compile_s"):
@@ -107,7 +117,7 @@ def run_benchmark(config: BenchConfig, contenders, *, peak_override: float | Non
     device = device_string(results)
     peak = peak_override if peak_override else peak_flops(device, config.dtype)
     finish(results, config, device=device, peak=peak)
-    info = {"peak_flops": peak, "n_compute_params": compute_params(config),
+    info = {"peak_flops": peak, "ratio_baseline": baseline_name(results), "n_compute_params": compute_params(config),
             "tokens_processed_per_forward": tokens_processed(config),
             "scored_tokens": next((r.get("scored_tokens") for r in results.values() if r.get("scored_tokens")),
                                   None)}

@@ -34,6 +34,9 @@ class BenchConfig:
     # torch.compile backend for dpo_torch_compile: "inductor" (real runs) or "aot_eager" (the quick smoke test:
     # inductor's C++ compile of the DPO graphs takes minutes on 2 cores, longer than the whole quick budget).
     compile_backend: str = "inductor"
+    # torch intra-op threads (0: torch's default, one per core). On a machine other jobs also load, torch's
+    # OpenMP pool can spin-wait badly (we saw 10x slower tiny steps at load 9 on 2 cores with 2 threads).
+    torch_threads: int = 0
     # head-only preset: rows = 2 * pairs sequences of prompt_len + completion_len tokens.
 
     @property
@@ -86,7 +89,7 @@ def resolve(preset: str, **overrides) -> tuple[BenchConfig, tuple[str, ...]]:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     config, contenders = PRESETS[preset]
     changes = {key: value for key, value in overrides.items() if value is not None}
-    unknown = set(changes) - set(OVERRIDES) - {"repeats", "warmup", "seed"}
+    unknown = set(changes) - set(OVERRIDES) - {"repeats", "warmup", "seed", "torch_threads"}
     if unknown:
         raise ValueError(f"unknown overrides {sorted(unknown)}")
     if "dtype" in changes and changes["dtype"] not in ("float32", "bfloat16"):
