@@ -77,12 +77,20 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, template, step: int | None = None):
-        """(state shaped like `template`, meta) of `step` (default: the latest finished checkpoint)."""
+    def restore(self, template, step: int | None = None, *, shardings=None):
+        """(state shaped like `template`, meta) of `step` (default: the latest finished checkpoint).
+
+        Arrays are restored straight onto `shardings` (a pytree like `template` of `jax.sharding.Sharding`,
+        e.g. `sharding.state_shardings(template, mesh)`), or else onto the template leaves' own shardings:
+        a checkpoint saved on one mesh restores onto any other mesh shape (orbax reads each device's slice).
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        abstract = {name: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype)
+        if shardings is None:
+            shardings = jax.tree.map(lambda leaf: getattr(leaf, "sharding", None), template)
+        targets = state_to_arrays(shardings)
+        abstract = {name: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=targets.get(name))
                     for name, leaf in state_to_arrays(template).items()}
         restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                        meta=ocp.args.JsonRestore()))

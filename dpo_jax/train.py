@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dpo_jax.dpo import ReferenceLogps, dpo_loss, validate_options
 from dpo_jax.losses import REFERENCE_FREE_LOSSES
@@ -197,8 +198,12 @@ def split_micro_batches(batch, num_micro: int):
     return {key: value.reshape(num_micro, size // num_micro, *value.shape[1:]) for key, value in batch.items()}
 
 
-def accumulated_grads(loss_fn, params, ref_params, batch, num_micro: int):
-    """Mean loss, metrics and gradients over equal micro-batches (lax.scan): equals the big-batch step."""
+def accumulated_grads(loss_fn, params, ref_params, batch, num_micro: int, micro_sharding=None):
+    """Mean loss, metrics and gradients over equal micro-batches (lax.scan): equals the big-batch step.
+
+    `micro_sharding` (a NamedSharding for [num_micro, B // num_micro, ...]) spreads every micro-batch over the
+    batch axes of a mesh instead of leaving each one on the devices that held its rows of the big batch.
+    """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if num_micro == 1:
         (_, metrics), grads = grad_fn(params, ref_params, batch)
@@ -209,7 +214,10 @@ def accumulated_grads(loss_fn, params, ref_params, batch, num_micro: int):
         return jax.tree.map(jnp.add, grad_sum, grads), metrics
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grad_sum, stacked = jax.lax.scan(body, zeros, split_micro_batches(batch, num_micro))
+    micro_batches = split_micro_batches(batch, num_micro)
+    if micro_sharding is not None:
+        micro_batches = jax.lax.with_sharding_constraint(micro_batches, micro_sharding)
+    grad_sum, stacked = jax.lax.scan(body, zeros, micro_batches)
     grads = jax.tree.map(lambda g: g / num_micro, grad_sum)
     metrics = jax.tree.map(lambda m: m.mean(axis=0), stacked)
     return metrics, grads
@@ -235,8 +243,13 @@ def make_train_step(graphdef, config: TrainConfig, *, state_shardings=None, batc
     schedule = make_schedule(config)
     loss_fn = make_loss_fn(graphdef, config)
 
+    micro_sharding = None
+    if isinstance(batch_shardings, NamedSharding) and config.grad_accum > 1:  # batch axis -> axis 1
+        micro_sharding = NamedSharding(batch_shardings.mesh, PartitionSpec(None, *batch_shardings.spec))
+
     def step_fn(state: TrainState, batch):
-        metrics, grads = accumulated_grads(loss_fn, state.params, state.ref_params, batch, config.grad_accum)
+        metrics, grads = accumulated_grads(loss_fn, state.params, state.ref_params, batch, config.grad_accum,
+                                           micro_sharding)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
