@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--keep-checkpoints", type=_positive_int, default=3)
     data.add_argument("--quick", action="store_true", help="shortened demo (tests, CI)")
     data.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    scale = train.add_argument_group("devices (docs/sharding.md)")
+    scale.add_argument("--mesh", metavar="data=D,fsdp=F",
+                       help="device mesh, e.g. data=2,fsdp=4 (default: every device on data); --resume may change it")
+    scale.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address "
+                       "(or DPO_JAX_COORDINATOR; TPU pods, SLURM, Open MPI are auto-detected)")
+    scale.add_argument("--num-processes", type=_positive_int, help="multi-host: number of processes")
+    scale.add_argument("--process-id", type=_non_negative_int, help="multi-host: this process's index")
     loss = train.add_argument_group("loss")
     loss.add_argument("--beta", type=_positive_float, help="default: demo 1.0 (summed log-probs), --data 0.1")
     loss.add_argument("--loss-type", choices=LOSS_TYPES, default="sigmoid")
@@ -106,6 +113,8 @@ def run_config_from_args(args, parser):
             parser.error(str(err))
         if args.steps is not None:
             config.steps = args.steps
+        if args.mesh is not None:
+            config.mesh = args.mesh
         config.progress = not args.no_progress
         return config
     fill_task_defaults(args)
@@ -126,13 +135,21 @@ def run_config_from_args(args, parser):
                      batch_size=args.batch_size, seed=args.seed, log_every=args.log_every,
                      checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, dim=args.dim,
                      depth=args.depth, heads=args.heads, max_seq_len=args.max_seq_len, init_from=args.init_from,
-                     quick=args.quick, progress=not args.no_progress, train=train_config)
+                     quick=args.quick, progress=not args.no_progress, train=train_config, mesh=args.mesh)
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = run_config_from_args(args, parser)
+    from dpo_jax.sharding import initialize_distributed, parse_mesh_spec
+
+    if config.mesh is not None:
+        try:
+            parse_mesh_spec(config.mesh)  # syntax and axis names; the device count is checked by train()
+        except ValueError as err:
+            parser.error(f"--mesh: {err}")
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     from dpo_jax.data import DataError
     from dpo_jax.run import NonFiniteError, train
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import json
 import os
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dpo_jax import sharding
 from dpo_jax.checkpointing import Checkpointer
 from dpo_jax.data import PreferenceDataset, read_preference_jsonl
 from dpo_jax.reference import ReferenceCache
@@ -54,6 +53,7 @@ class RunConfig:
     heads: int = 4
     max_seq_len: int = 128
     init_from: str | None = None       # safetensors written by checkpoint_io.save_safetensors
+    mesh: str | None = None            # "data=2,fsdp=4" (dpo_jax.sharding); None: every device on data
     quick: bool = False
     progress: bool = True
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -138,10 +138,21 @@ def _merged(graphdef, params):
     return nnx.merge(graphdef, params)
 
 
-@functools.lru_cache(maxsize=8)
-def _train_step(graphdef, train_config: TrainConfig):
-    """One jitted step per (model graph, config) in a process: a resumed or repeated run does not recompile."""
-    return make_train_step(graphdef, train_config)
+_STEPS: dict = {}
+
+
+def _train_step(graphdef, train_config: TrainConfig, mesh, state):
+    """One jitted step per (model graph, config, mesh) in a process: a resumed or repeated run does not recompile.
+
+    Shardings come from `state`'s shapes, which the graph and config determine, so they are not part of the key.
+    """
+    key = (graphdef, train_config, mesh)
+    if key not in _STEPS:
+        if len(_STEPS) >= 8:
+            _STEPS.pop(next(iter(_STEPS)))
+        _STEPS[key] = make_train_step(graphdef, train_config, state_shardings=sharding.state_shardings(state, mesh),
+                                      batch_shardings=sharding.batch_sharding(mesh))
+    return _STEPS[key]
 
 
 class _Progress:
@@ -166,6 +177,8 @@ class _Progress:
 
 def train(config: RunConfig) -> dict:
     """Run (or resume) DPO training; returns the summary also written to summary.json."""
+    mesh = sharding.make_mesh(config.mesh)  # layout errors first: before any file or compile
+    sharding.validate_batch(config.batch_size, mesh, config.train.grad_accum, jax.process_count())
     run_dir = config.out_dir or _default_out_dir()
     os.makedirs(run_dir, exist_ok=True)
     num_steps = config.num_steps
@@ -177,15 +190,17 @@ def train(config: RunConfig) -> dict:
     task = _build_task(config)
     train_config = config.train.replace(total_steps=max(num_steps, 1))
     graphdef, state = init_train_state(task.policy, task.reference, train_config, seed=config.seed)
-    step_fn = _train_step(graphdef, train_config)
+    state = sharding.shard_train_state(state, mesh)
+    step_fn = _train_step(graphdef, train_config, mesh, state)
     dataset = PreferenceDataset(task.examples, batch_size=config.batch_size, seed=config.seed,
+                                process_index=jax.process_index(), process_count=jax.process_count(),
                                 max_len=task.max_len, pad_id=task.pad_id, drop_last=len(task.examples) >= config.batch_size,
                                 pad_to_multiple_of=task.max_len)  # one fixed shape: one compile
 
     meta = {"seed": config.seed, "train_config": train_config.to_dict(),
             "model_config": json.loads(task.policy.config.to_json()), "run_config": config.to_dict()}
     if resuming:
-        state, saved = checkpointer.restore(state)
+        state, saved = checkpointer.restore(state, shardings=sharding.state_shardings(state, mesh))
         meta.update({k: v for k, v in saved.items() if k.startswith("preferred_rate")})
     elif task.demo is not None:
         meta["preferred_rate_before"] = float(task.demo.preferred_rate(task.reference, seed=config.seed))
@@ -206,7 +221,7 @@ def train(config: RunConfig) -> dict:
             if cache is not None:
                 arrays = cache.with_reference(arrays)
             began = time.perf_counter()
-            state, device_metrics = step_fn(state, {k: jnp.asarray(v) for k, v in arrays.items()})
+            state, device_metrics = step_fn(state, sharding.make_global_batch(arrays, mesh))
             metrics = {k: np.asarray(v).item() for k, v in jax.device_get(device_metrics).items()}
             if step > start:  # the first step of a process compiles; keep it out of the throughput
                 timed_seconds += time.perf_counter() - began
@@ -231,7 +246,7 @@ def train(config: RunConfig) -> dict:
     finally:
         progress.close()
 
-    policy = _merged(graphdef, state.params)
+    policy = _merged(graphdef, sharding.gather_replicated(state.params, mesh))
     from dpo_jax.checkpoint_io import save_safetensors
 
     save_safetensors(policy, os.path.join(run_dir, POLICY_FILE))
