@@ -125,8 +125,15 @@ def state_shardings(state, mesh: Mesh, min_size: int = MIN_SHARD_SIZE):
 
 
 def shard_train_state(state, mesh: Mesh, min_size: int = MIN_SHARD_SIZE):
-    """`state` placed on `mesh` by `state_shardings` (single process: from host or any devices)."""
-    return jax.device_put(state, state_shardings(state, mesh, min_size))
+    """`state` placed on `mesh` by `state_shardings`.
+
+    Multi-process: every process must hold the same values (same seed / checkpoint); they go through host memory
+    so that each process places only its own devices' slices.
+    """
+    shardings = state_shardings(state, mesh, min_size)
+    if jax.process_count() > 1:
+        state = jax.device_get(state)
+    return jax.device_put(state, shardings)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
