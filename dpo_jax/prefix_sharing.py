@@ -147,7 +147,7 @@ def pair_specs_from_batch(preferred_seq, unpreferred_seq, *, prompt_mask, prefer
     return specs
 
 
-def _place(arrays, row, offset, seq_len_before, scored, owner, branch_start, prompt_start, prompt_len):
+def _place(arrays, row, scored, owner, branch_start, prompt_start, prompt_len):
     """Write a branch's scored targets: source src < P is the prompt, else the branch's own tokens."""
     targets, owners, extra_targets, extra_owners, none = arrays
     for src, target in scored:
@@ -201,7 +201,7 @@ def layout_pairs(specs, rows_of_pairs, *, row_len: int, num_pairs: int, share_pr
                 positions[r, cursor:cursor + n] = p + np.arange(n)
                 segment_ids[r, cursor:cursor + n] = segment
                 branch_ids[r, cursor:cursor + n] = branch
-                _place(arrays, r, cursor, p, scored, owner, cursor, prompt_start, p)
+                _place(arrays, r, scored, owner, cursor, prompt_start, p)
                 cursor += n
                 if not share_prefix:
                     segment += 1
