@@ -27,6 +27,7 @@ from dpo_jax.logprobs import token_logprobs
 from dpo_jax.losses import preference_loss as jax_preference_loss
 from dpo_torch import DPO
 from dpo_torch.logprobs import log_prob_from_model_and_seq
+from dpo_torch.logprobs import sequence_logprobs as torch_sequence_logprobs
 from dpo_torch.losses import DIVERGENCE_LOSSES, DIVERGENCES, LOSS_TYPES, METRIC_NAMES
 from parity_tests.model_helpers import make_torch_model, perturb_
 from parity_tests.numpy_oracle import oracle_token_logprobs
@@ -129,10 +130,33 @@ def test_token_logprobs_match_torch_and_oracle(models, mask_mode):
         assert np.abs(jax_lp - oracle_token_logprobs(logits64, seq)).max() <= 1e-5
 
 
+def torch_sequence_logps(model, batch, chosen_mask, rejected_mask, reduction):
+    with torch.no_grad():
+        return [torch_sequence_logprobs(log_prob_from_model_and_seq(model, torch.from_numpy(batch[key])),
+                                        torch.from_numpy(np.asarray(mask)), reduction).numpy()
+                for key, mask in (("preferred_seq", chosen_mask), ("unpreferred_seq", rejected_mask))]
+
+
 @pytest.mark.parametrize("mask_mode", MASK_MODES)
 @pytest.mark.parametrize("mask_alignment", ["next_token", "x_transformers"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_loss_metrics_and_gradients_match_over_the_grid(models, mask_mode, mask_alignment, reduction):
+    """Three checks per cell.
+
+    1. Same log-probs in, same loss out: JAX's loss and metrics computed from torch's per-sequence log-probs
+       equal DPO.forward's within 1e-6 (relative to max(1, |value|)).
+    2. End to end: the frameworks' per-sequence log-probs differ by float32 forward-pass rounding (tokens
+       <= 1e-5, checked above). With reduction="sum" they are ~-40, and most losses act on differences of
+       them (u = p - r), so that rounding reaches the loss amplified; the loss gap must not exceed
+       1e-6 * max(1, |loss|) plus the first-order propagation sum_i |dL/dlogp_i| * |dlogp_i| of the measured
+       log-prob gap. Anything beyond rounding (a wrong formula, mask or sign) is orders of magnitude larger.
+    3. Gradients w.r.t. every policy tensor: relative error <= 1e-5, both frameworks differentiating the
+       loss at the same per-sequence log-probs (torch's), pulled back through JAX's own backward pass. Fed
+       each framework's own log-probs instead, the cotangent dL/dlogp inherits the forward gap, amplified by
+       the loss's curvature: DiscoPOP's m = sigmoid(z / 0.05) has curvature ~1/tau^2 = 400, which turned a
+       ~1e-6 summed log-prob gap into a 1.56e-5 relative gradient difference (measured, reduction="sum").
+       test_dpo_loss_end_to_end checks the fully end-to-end jit + grad path for every loss type.
+    """
     policy, reference_state, jax_policy, jax_reference = models
     batch, pad_id = make_batch(mask_mode)
     jnp_batch = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -146,14 +170,20 @@ def test_loss_metrics_and_gradients_match_over_the_grid(models, mask_mode, mask_
         return pair_sequence_logprobs(nnx.merge(graphdef, params), jnp_batch["preferred_seq"],
                                       jnp_batch["unpreferred_seq"], chosen_mask, rejected_mask, reduction)
 
-    (policy_chosen, policy_rejected), pull_back = jax.vjp(policy_logps, params)
+    jax_policy_logps, pull_back = jax.vjp(policy_logps, params)
     apply_pull_back = jax.jit(lambda pull_back, cotangent: pull_back(cotangent))
-    ref_chosen, ref_rejected = pair_sequence_logprobs(jax_reference, jnp_batch["preferred_seq"],
-                                                      jnp_batch["unpreferred_seq"], chosen_mask, rejected_mask,
-                                                      reduction)
-    # the torch reference runs once per grid test; its log-probs go in through the public `reference_logps`
-    torch_reference_logps = torch_dpo(policy, reference_state, pad_id=pad_id, reduction=reduction,
-                                      mask_alignment=mask_alignment).reference_logprobs(**as_torch(batch))
+    jax_reference_logps = pair_sequence_logprobs(jax_reference, jnp_batch["preferred_seq"],
+                                                 jnp_batch["unpreferred_seq"], chosen_mask, rejected_mask, reduction)
+    torch_reference = make_torch_model(seed=3)
+    torch_reference.load_state_dict(reference_state)
+    torch_logps = (torch_sequence_logps(policy, batch, chosen_mask, rejected_mask, reduction)
+                   + torch_sequence_logps(torch_reference, batch, chosen_mask, rejected_mask, reduction))
+    jax_logps = [np.asarray(x) for x in (*jax_policy_logps, *jax_reference_logps)]
+    logp_gap = [np.abs(j - t) for j, t in zip(jax_logps, torch_logps)]
+    for gap, t in zip(logp_gap, torch_logps):
+        assert (gap / np.maximum(1.0, np.abs(t))).max() <= 1e-5
+
+    torch_reference_logps = tuple(torch.from_numpy(x) for x in torch_logps[2:])
     for cell in loss_cells():
         context = f"{cell} {reduction} {mask_alignment} {mask_mode}"
         dpo = torch_dpo(policy, reference_state, pad_id=pad_id, reduction=reduction, mask_alignment=mask_alignment,
@@ -163,15 +193,28 @@ def test_loss_metrics_and_gradients_match_over_the_grid(models, mask_mode, mask_
         loss_torch, metrics_torch = dpo(**as_torch(batch), reference_logps=reference_logps, return_metrics=True)
         loss_torch.backward()
 
-        def loss_of_logps(chosen, rejected):
-            return jax_preference_loss(chosen, rejected, ref_chosen, ref_rejected, **cell)
+        def loss_of_logps(*logps):
+            return jax_preference_loss(*logps, **cell)
 
-        (loss_jax, metrics_jax), logp_grads = jax.value_and_grad(loss_of_logps, argnums=(0, 1), has_aux=True)(
-            policy_chosen, policy_rejected)
-        assert relative(loss_jax, loss_torch.item()) <= 1e-6, context
+        # 1. identical log-probs in
+        loss_same_in, metrics_same_in = loss_of_logps(*[jnp.asarray(x) for x in torch_logps])
+        assert relative(loss_same_in, loss_torch.item()) <= 1e-6, context
         for name in METRIC_NAMES:
-            assert relative(metrics_jax[name], metrics_torch[name].item()) <= 1e-6, f"{context} {name}"
-        (grad_state,) = apply_pull_back(pull_back, logp_grads)
+            assert relative(metrics_same_in[name], metrics_torch[name].item()) <= 1e-6, f"{context} {name}"
+
+        # 2. end to end, within the propagated float32 forward-pass gap
+        (loss_jax, metrics_jax), logp_grads = jax.value_and_grad(loss_of_logps, argnums=(0, 1, 2, 3),
+                                                                 has_aux=True)(*jax_logps)
+        propagated = sum(float(np.abs(np.asarray(g)) @ gap) for g, gap in zip(logp_grads, logp_gap))
+        loss_gap = abs(float(loss_jax) - loss_torch.item())
+        assert loss_gap <= 1e-6 * max(1.0, abs(loss_torch.item())) + propagated, f"{context} gap {loss_gap:.2e}"
+        for name in METRIC_NAMES:
+            assert relative(metrics_jax[name], metrics_torch[name].item()) <= 1e-5, f"{context} {name}"
+
+        # 3. gradients w.r.t. every policy parameter, cotangent taken at the same log-probs as torch
+        same_in_cotangent = jax.grad(lambda *logps: loss_of_logps(*logps)[0], argnums=(0, 1))(
+            *[jnp.asarray(x) for x in torch_logps])
+        (grad_state,) = apply_pull_back(pull_back, same_in_cotangent)
         assert_grads_match(torch_grads(policy), jax_grads_as_state_dict(graphdef, grad_state), context)
 
 
