@@ -184,7 +184,8 @@ def train(config: RunConfig) -> dict:
     num_steps = config.num_steps
     checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=config.keep_checkpoints)
     resuming = checkpointer.latest_step() is not None
-    if not resuming:
+    primary = jax.process_index() == 0  # on several hosts only process 0 writes the run files
+    if not resuming and primary:
         write_json(os.path.join(run_dir, RUN_CONFIG_FILE), config.to_dict())
 
     task = _build_task(config)
@@ -205,7 +206,7 @@ def train(config: RunConfig) -> dict:
     elif task.demo is not None:
         meta["preferred_rate_before"] = float(task.demo.preferred_rate(task.reference, seed=config.seed))
     start = int(state.step)
-    log = MetricsLog(run_dir, resume_step=start)
+    log = MetricsLog(run_dir, resume_step=start, write=primary)
 
     cache = None
     if train_config.precompute_ref and not train_config.reference_free:
@@ -249,14 +250,16 @@ def train(config: RunConfig) -> dict:
     policy = _merged(graphdef, sharding.gather_replicated(state.params, mesh))
     from dpo_jax.checkpoint_io import save_safetensors
 
-    save_safetensors(policy, os.path.join(run_dir, POLICY_FILE))
-    plot_training(log.records, os.path.join(run_dir, PLOT_FILE))
+    if primary:
+        save_safetensors(policy, os.path.join(run_dir, POLICY_FILE))
+        plot_training(log.records, os.path.join(run_dir, PLOT_FILE))
     summary = {"steps": num_steps, "run_dir": os.path.abspath(run_dir),
                "tokens_per_s": timed_tokens / timed_seconds if timed_seconds > 0 else None,
                **{k: (metrics or (log.records[-1] if log.records else {})).get(k) for k in LOGGED_METRICS}}
     if task.demo is not None:
         summary["preferred_rate_before"] = meta.get("preferred_rate_before")
         summary["preferred_rate_after"] = float(task.demo.preferred_rate(policy, seed=config.seed))
-    write_json(os.path.join(run_dir, SUMMARY_FILE), summary)
+    if primary:
+        write_json(os.path.join(run_dir, SUMMARY_FILE), summary)
     checkpointer.close()
     return summary

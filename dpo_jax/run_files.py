@@ -21,12 +21,15 @@ def _json_value(value):
 class MetricsLog:
     """One JSON object per logged step; on resume, entries beyond the restored step are dropped."""
 
-    def __init__(self, run_dir, *, resume_step: int = 0):
+    def __init__(self, run_dir, *, resume_step: int = 0, write: bool = True):
         self.path = os.path.join(run_dir, METRICS_FILE)
+        self.write = write  # False on every host but the first: one writer per file
         self.records = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step else []
         self._rewrite()
 
     def _rewrite(self) -> None:
+        if not self.write:
+            return
         temporary = self.path + ".tmp"
         with open(temporary, "w") as handle:
             for record in self.records:
@@ -36,6 +39,8 @@ class MetricsLog:
     def append(self, step: int, metrics: dict) -> dict:
         record = {"step": int(step), **{k: _json_value(v) for k, v in metrics.items()}}
         self.records.append(record)
+        if not self.write:
+            return record
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
