@@ -37,7 +37,7 @@ def relative(a, b):
 
 
 def model(**options):
-    return from_torch(perturb_(make_torch_model(seed=5, max_seq_len=ROW_LEN, **options), seed=6))
+    return from_torch(perturb_(make_torch_model(seed=5, **{"max_seq_len": ROW_LEN, **options}), seed=6))
 
 
 @pytest.mark.parametrize("options", [{}, dict(rotary_pos_emb=True), dict(alibi_pos_bias=True),
@@ -71,8 +71,9 @@ def test_packed_logprobs_match_padded_batch(options):
 
 
 def test_packed_loss_metrics_gradients_with_empty_slot():
-    policy = model(rotary_pos_emb=True)
-    reference = from_torch(perturb_(make_torch_model(seed=8, max_seq_len=ROW_LEN, rotary_pos_emb=True), seed=9))
+    policy = model(rotary_pos_emb=True, depth=1)
+    reference = from_torch(perturb_(make_torch_model(seed=8, max_seq_len=ROW_LEN, rotary_pos_emb=True, depth=1),
+                                    seed=9))
     exs = examples(seed=1)
     padded = collate_pairs(exs, max_len=MAX_LEN, pad_id=PAD).as_dict()
     (packed,) = pack_examples(exs, row_len=ROW_LEN, rows=ROWS, pairs_per_batch=SLOTS, max_len=MAX_LEN)
@@ -95,7 +96,7 @@ def test_packed_loss_metrics_gradients_with_empty_slot():
 
 
 def test_packed_train_step_matches_padded_train_step():
-    policy = model()
+    policy = model(depth=1)
     exs = examples(seed=2)
     config = TrainConfig(beta=0.1, learning_rate=1e-3, precompute_ref=True, grad_clip=1.0)
     graphdef, state = init_train_state(policy, None, config)
