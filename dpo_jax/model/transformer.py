@@ -17,6 +17,7 @@ from dpo_jax.model.layers import (AbsolutePositionalEmbedding, Embedding, FeedFo
                                   l2norm, make_norm)
 from dpo_jax.model.positional import RelativePositionBias, alibi_bias, rotary_angles
 from dpo_jax.model.validation import is_concrete, validate_mask, validate_positions, validate_tokens
+from dpo_jax.remat import block_caller
 
 MACARON_FF_SCALE = 0.5
 
@@ -86,13 +87,14 @@ class Transformer(nnx.Module):
         """Logits [B, N, V] (float32 when dtype is float32). Arguments as in `hidden_states`."""
         return self.unembed(self.hidden_states(tokens, mask=mask, positions=positions, attn_mask=attn_mask))
 
-    def hidden_states(self, tokens, mask=None, positions=None, attn_mask=None):
+    def hidden_states(self, tokens, mask=None, positions=None, attn_mask=None, remat=None):
         """Final-norm hidden states [B, N, dim] (memory tokens stripped).
 
         mask [B, N] bool: x-transformers' `mask` (key padding, zeroed attention output at pad queries).
         positions [B, N] int: x-transformers' `pos=`; drives the learned table, rotary, alibi and the
         T5 bias (x-transformers itself refuses custom pos with the T5 bias; see RelativePositionBias).
         attn_mask [B, N, N] bool: True where query i may attend key j, AND-ed with the causal mask.
+        remat: None/"none", "full" or "dots_saveable": per-block rematerialisation (dpo_jax.remat).
         """
         config = self.config
         self._validate(tokens, mask, positions, attn_mask)
@@ -129,8 +131,9 @@ class Transformer(nnx.Module):
                                           if config.rotary_pos_emb else None))
 
         prev_attn = None
+        call_block = block_caller(remat)
         for block in self.layers:
-            x, scores = block(x, prev_attn=prev_attn, **attn_kwargs)
+            x, scores = call_block(block, x, prev_attn, attn_kwargs)
             if scores is not None and config.residual_attn:
                 prev_attn = scores
 
