@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from dpo_jax.layouts import LAYOUTS
 from dpo_jax.losses import DIVERGENCES, LOSS_TYPES
 from dpo_jax.optim import OPTIMIZERS, SCHEDULES
 
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--checkpoint-every", type=_positive_int, default=50)
     data.add_argument("--keep-checkpoints", type=_positive_int, default=3)
     data.add_argument("--quick", action="store_true", help="shortened demo (tests, CI)")
+    data.add_argument("--layout", choices=LAYOUTS, default="padded",
+                      help="padded rows, prefix sharing ([prompt, chosen, rejected] per row), or packed shared pairs")
+    data.add_argument("--row-len", type=_positive_int, help="prefix_shared/packed row length (default 2 x max length)")
+    data.add_argument("--rows", type=_positive_int, help="packed rows per batch (default --batch-size)")
     data.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     scale = train.add_argument_group("devices (docs/sharding.md)")
     scale.add_argument("--mesh", metavar="data=D,fsdp=F",
@@ -135,7 +140,8 @@ def run_config_from_args(args, parser):
                      batch_size=args.batch_size, seed=args.seed, log_every=args.log_every,
                      checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, dim=args.dim,
                      depth=args.depth, heads=args.heads, max_seq_len=args.max_seq_len, init_from=args.init_from,
-                     quick=args.quick, progress=not args.no_progress, train=train_config, mesh=args.mesh)
+                     quick=args.quick, progress=not args.no_progress, train=train_config, layout=args.layout,
+                     row_len=args.row_len, rows=args.rows, mesh=args.mesh)
 
 
 def main(argv=None) -> int:

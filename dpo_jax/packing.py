@@ -19,7 +19,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from dpo_jax.data import PreferenceExample, _check_collate_options, _truncated_lengths
@@ -235,29 +234,8 @@ def make_packed_train_step(graphdef, config, *, donate=True):
     Same TrainState, optimizer, schedule, reference sync and non-finite refusal; grad_accum must be 1 (pack
     more pairs per batch instead).
     """
-    from dpo_jax.optim import make_optimizer, make_schedule
-    from dpo_jax.train import TrainState, _select, sync_reference
+    from dpo_jax.train import make_train_step
 
     if config.grad_accum != 1:
         raise NotImplementedError("packed batches: grad_accum must be 1 (raise pairs_per_batch instead)")
-    optimizer, schedule = make_optimizer(config), make_schedule(config)
-    loss_fn = make_packed_loss_fn(graphdef, config)
-
-    def step_fn(state, batch):
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.ref_params, batch)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_step = state.step + 1
-        ref_params = state.ref_params
-        if config.ref_sync_every and ref_params is not None:
-            due = (new_step % config.ref_sync_every) == 0
-            ref_params = _select(due, sync_reference(ref_params, params, config.ref_sync_alpha), ref_params)
-        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
-        params_finite = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & params_finite
-        updated = TrainState(step=new_step, params=params, opt_state=opt_state, ref_params=ref_params, rng=rng)
-        metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step), finite=finite)
-        return _select(finite, updated, state), metrics
-
-    return jax.jit(step_fn, donate_argnums=(0,) if donate else ())
+    return make_train_step(graphdef, config, donate=donate, loss_fn=make_packed_loss_fn(graphdef, config))

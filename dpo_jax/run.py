@@ -1,6 +1,6 @@
 """`train(run_config)`: the whole DPO run - models, data, jitted step, logging, checkpoints, final files.
 
-A run is resumable at any moment: batches are a pure function of (seed, step) (`PreferenceDataset.get_batch`),
+A run is resumable at any moment: batches are a pure function of (seed, step) (`layouts.LayoutBatches.get_batch`),
 the TrainState (with its RNG) is checkpointed by orbax, and on resume metrics.jsonl is cut back to the
 checkpoint's step, so the resumed run logs exactly what an uninterrupted run would have. A non-finite loss or
 gradient norm stops the run (`NonFiniteError`) without saving: the last checkpoint stays the last good one.
@@ -21,11 +21,12 @@ from flax import nnx
 
 from dpo_jax import sharding
 from dpo_jax.checkpointing import Checkpointer
-from dpo_jax.data import PreferenceDataset, read_preference_jsonl
+from dpo_jax.data import read_preference_jsonl
 from dpo_jax.reference import ReferenceCache
 from dpo_jax.run_files import (POLICY_FILE, PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
                                write_json)
-from dpo_jax.train import TrainConfig, init_train_state, make_train_step
+from dpo_jax.layouts import LayoutBatches, make_layout_train_step, validate_layout
+from dpo_jax.train import TrainConfig, init_train_state
 
 LOGGED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                   "logps/chosen", "logps/rejected", "grad_norm", "lr")
@@ -42,7 +43,7 @@ class RunConfig:
     out_dir: str | None = None
     data: str | None = None            # preference JSONL; None runs the built-in demo
     tokenizer: str | None = None       # HF tokenizer.json; None -> byte tokenizer
-    steps: int | None = None           # None: 200 for the demo (40 with quick), 100 with --data
+    steps: int | None = None           # None: 150 for the demo (75 with quick), 100 with --data
     batch_size: int = 16
     seed: int = 0
     log_every: int = 1
@@ -54,6 +55,9 @@ class RunConfig:
     max_seq_len: int = 128
     init_from: str | None = None       # safetensors written by checkpoint_io.save_safetensors
     mesh: str | None = None            # "data=2,fsdp=4" (dpo_jax.sharding); None: every device on data
+    layout: str = "padded"             # padded | prefix_shared | packed (dpo_jax.layouts)
+    row_len: int | None = None         # shared/packed row length; None: 2 * the task's max length
+    rows: int | None = None            # packed rows per batch; None: batch_size
     quick: bool = False
     progress: bool = True
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -64,7 +68,8 @@ class RunConfig:
         if self.steps is not None:
             return self.steps
         if self.data is None:
-            return 40 if self.quick else 200
+            from dpo_jax.demo import DEMO_RECIPE
+            return DEMO_RECIPE["quick_steps"] if self.quick else DEMO_RECIPE["steps"]
         return 100
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,17 +146,18 @@ def _merged(graphdef, params):
 _STEPS: dict = {}
 
 
-def _train_step(graphdef, train_config: TrainConfig, mesh, state):
-    """One jitted step per (model graph, config, mesh) in a process: a resumed or repeated run does not recompile.
-
-    Shardings come from `state`'s shapes, which the graph and config determine, so they are not part of the key.
+def _train_step(graphdef, train_config: TrainConfig, mesh, state, layout):
+    """One jitted step per (model graph, config, mesh, layout) in a process: a resumed or repeated run does not
+    recompile. Shardings come from `state`'s shapes, which the graph and config determine, so they are not part
+    of the key.
     """
-    key = (graphdef, train_config, mesh)
+    key = (graphdef, train_config, mesh, layout)
     if key not in _STEPS:
         if len(_STEPS) >= 8:
             _STEPS.pop(next(iter(_STEPS)))
-        _STEPS[key] = make_train_step(graphdef, train_config, state_shardings=sharding.state_shardings(state, mesh),
-                                      batch_shardings=sharding.batch_sharding(mesh))
+        _STEPS[key] = make_layout_train_step(graphdef, train_config, layout,
+                                             state_shardings=sharding.state_shardings(state, mesh),
+                                             batch_shardings=sharding.batch_sharding(mesh))
     return _STEPS[key]
 
 
@@ -179,6 +185,8 @@ def train(config: RunConfig) -> dict:
     """Run (or resume) DPO training; returns the summary also written to summary.json."""
     mesh = sharding.make_mesh(config.mesh)  # layout errors first: before any file or compile
     sharding.validate_batch(config.batch_size, mesh, config.train.grad_accum, jax.process_count())
+    validate_layout(config.layout, num_devices=mesh.size, grad_accum=config.train.grad_accum,
+                    precompute_ref=config.train.precompute_ref)
     run_dir = config.out_dir or _default_out_dir()
     os.makedirs(run_dir, exist_ok=True)
     num_steps = config.num_steps
@@ -192,11 +200,11 @@ def train(config: RunConfig) -> dict:
     train_config = config.train.replace(total_steps=max(num_steps, 1))
     graphdef, state = init_train_state(task.policy, task.reference, train_config, seed=config.seed)
     state = sharding.shard_train_state(state, mesh)
-    step_fn = _train_step(graphdef, train_config, mesh, state)
-    dataset = PreferenceDataset(task.examples, batch_size=config.batch_size, seed=config.seed,
-                                process_index=jax.process_index(), process_count=jax.process_count(),
-                                max_len=task.max_len, pad_id=task.pad_id, drop_last=len(task.examples) >= config.batch_size,
-                                pad_to_multiple_of=task.max_len)  # one fixed shape: one compile
+    step_fn = _train_step(graphdef, train_config, mesh, state, config.layout)
+    batches = LayoutBatches(config.layout, task.examples, batch_size=config.batch_size, seed=config.seed,
+                            max_len=task.max_len, pad_id=task.pad_id, mask_alignment=train_config.mask_alignment,
+                            process_index=jax.process_index(), process_count=jax.process_count(),
+                            row_len=config.row_len, rows=config.rows)
 
     meta = {"seed": config.seed, "train_config": train_config.to_dict(),
             "model_config": json.loads(task.policy.config.to_json()), "run_config": config.to_dict()}
@@ -211,14 +219,13 @@ def train(config: RunConfig) -> dict:
     cache = None
     if train_config.precompute_ref and not train_config.reference_free:
         cache = ReferenceCache(graphdef, nnx.split(task.reference, nnx.Param)[1], train_config)
-        cache.precompute(dataset.get_batch(s).as_dict() for s in range(start, num_steps))
+        cache.precompute(batches.get_batch(s)[0] for s in range(start, num_steps))
 
     progress = _Progress(config.progress, start, num_steps)
     timed_tokens, timed_seconds, metrics = 0, 0.0, {}
     try:
         for step in range(start, num_steps):
-            batch = dataset.get_batch(step)
-            arrays = batch.as_dict()
+            arrays, num_scored = batches.get_batch(step)
             if cache is not None:
                 arrays = cache.with_reference(arrays)
             began = time.perf_counter()
@@ -226,7 +233,7 @@ def train(config: RunConfig) -> dict:
             metrics = {k: np.asarray(v).item() for k, v in jax.device_get(device_metrics).items()}
             if step > start:  # the first step of a process compiles; keep it out of the throughput
                 timed_seconds += time.perf_counter() - began
-                timed_tokens += batch.num_scored_tokens()
+                timed_tokens += num_scored
             if not metrics.pop("finite"):
                 bad = [f"{k}={metrics[k]}" for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
                 bad = bad or ["updated parameters are not finite"]

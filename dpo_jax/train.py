@@ -232,8 +232,12 @@ def _select(keep_new, new_tree, old_tree):
     return jax.tree.map(lambda new, old: jnp.where(keep_new, new, old), new_tree, old_tree)
 
 
-def make_train_step(graphdef, config: TrainConfig, *, state_shardings=None, batch_shardings=None, donate=True):
+def make_train_step(graphdef, config: TrainConfig, *, state_shardings=None, batch_shardings=None, donate=True,
+                    loss_fn=None):
     """Jitted step(state, batch_dict) -> (state, metrics).
+
+    `loss_fn(params, ref_params, batch) -> (loss, metrics)` defaults to `make_loss_fn(graphdef, config)`; other
+    batch layouts (prefix sharing, packing) pass their own.
 
     `batch_dict` holds `PreferenceBatch.as_dict()` arrays, plus `ref_chosen_logps`/`ref_rejected_logps` [B]
     when the reference is precomputed. Metrics: DESIGN.md section 3 names, `grad_norm` (before clipping),
@@ -241,7 +245,7 @@ def make_train_step(graphdef, config: TrainConfig, *, state_shardings=None, batc
     """
     optimizer = make_optimizer(config)
     schedule = make_schedule(config)
-    loss_fn = make_loss_fn(graphdef, config)
+    loss_fn = loss_fn or make_loss_fn(graphdef, config)
 
     micro_sharding = None
     if isinstance(batch_shardings, NamedSharding) and config.grad_accum > 1:  # batch axis -> axis 1
