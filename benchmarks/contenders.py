@@ -312,3 +312,7 @@ def jax_head(setup, batch, config):
 
 # contenders defined in other files register themselves on import (keep these lines last)
 from benchmarks import contenders_packing  # noqa: E402,F401
+
+
+# the fast-path JAX contenders (dpo_jax replaced by the fast path, dpo_jax_plain, dpo_jax_precomputed_ref)
+from benchmarks import contenders_fast  # noqa: E402,F401  (registers on import)
