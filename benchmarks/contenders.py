@@ -185,38 +185,29 @@ def dpo_torch_compiled(setup, batch, config):
 
 # ---- jax ------------------------------------------------------------------------------------------------
 
-@contender("dpo_jax", framework="jax")
-def dpo_jax_default(setup, batch, config):
-    """jit(value_and_grad(dpo_loss)) + optax.adamw over nnx.split params, buffers donated.
-
-    dpo_loss's default path: one concatenated [2B] forward for the policy and one for the reference.
-    """
+def jax_adamw_step(setup, config, inputs, loss_of, *, reference=None):
+    """The training step every JAX contender times: jit(value_and_grad) + optax.adamw over nnx.split params,
+    buffers donated. `loss_of(policy, reference, inputs) -> loss`. The reference is a live frozen copy of the
+    policy's weights unless `reference(graphdef, ref_params, rest, inputs)` returns a replacement computed once
+    up front (precomputed log-probs)."""
     import jax
     import jax.numpy as jnp
     import optax
     from flax import nnx
-    from dpo_jax.dpo import dpo_loss
 
     policy = setup.jax_model
     graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
-    ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference: same weights, own buffers
+    ref_state = jax.tree.map(jnp.copy, params)  # the frozen reference: same weights, own buffers
+    live_reference = reference is None
+    if not live_reference:
+        ref_state = reference(graphdef, ref_state, rest, inputs)
     optimizer = optax.adamw(config.lr)
     opt_state = optimizer.init(params)
-    inputs = {name: jnp.asarray(getattr(batch, name)) for name in
-              ("preferred_seq", "unpreferred_seq", "prompt_mask", "preferred_seq_mask", "unpreferred_seq_mask")}
     del policy, setup.jax_model
 
-    def train_step(params, opt_state, ref_params, inputs):
-        reference = nnx.merge(graphdef, ref_params, rest)
-
-        def loss_fn(p):
-            model = nnx.merge(graphdef, p, rest)
-            loss, _ = dpo_loss(model, reference, inputs["preferred_seq"], inputs["unpreferred_seq"],
-                               prompt_mask=inputs["prompt_mask"], preferred_seq_mask=inputs["preferred_seq_mask"],
-                               unpreferred_seq_mask=inputs["unpreferred_seq_mask"], beta=config.beta, pad_id=PAD_ID)
-            return loss
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+    def train_step(params, opt_state, ref_state, inputs):
+        ref = nnx.merge(graphdef, ref_state, rest) if live_reference else ref_state
+        loss, grads = jax.value_and_grad(lambda p: loss_of(nnx.merge(graphdef, p, rest), ref, inputs))(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -224,7 +215,7 @@ def dpo_jax_default(setup, batch, config):
     state = {"params": params, "opt_state": opt_state}
 
     def step():
-        state["params"], state["opt_state"], loss = jitted(state["params"], state["opt_state"], ref_params, inputs)
+        state["params"], state["opt_state"], loss = jitted(state["params"], state["opt_state"], ref_state, inputs)
         jax.block_until_ready((state["params"], state["opt_state"], loss))
         return float(loss)
     return step

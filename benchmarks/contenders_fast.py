@@ -8,7 +8,7 @@ up front (a fixed reference), so the step runs the policy only.
 
 from __future__ import annotations
 
-from benchmarks.contenders import PAD_ID, contender
+from benchmarks.contenders import PAD_ID, contender, jax_adamw_step
 
 SEQUENCE_NAMES = ("preferred_seq", "unpreferred_seq", "prompt_mask", "preferred_seq_mask", "unpreferred_seq_mask")
 PLAIN = dict(logprob_head="full", score_positions="all", remat=None)
@@ -28,49 +28,27 @@ def fast_options(batch):
 
 
 def jax_train_step(setup, batch, config, options, *, precompute_ref=False):
-    """jit(value_and_grad(dpo_loss)) + optax.adamw over nnx.split params, buffers donated."""
+    """dpo_loss with `options` in the shared JAX step; with `precompute_ref` the reference log-probs are computed
+    once, outside the timed step (what ReferenceCache does for a fixed reference)."""
     import jax
     import jax.numpy as jnp
-    import optax
     from flax import nnx
     from dpo_jax.dpo import ReferenceLogps, dpo_loss, reference_logprobs
 
-    policy = setup.jax_model
-    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
-    ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference: same weights, own buffers
-    optimizer = optax.adamw(config.lr)
-    opt_state = optimizer.init(params)
     inputs = {name: jnp.asarray(getattr(batch, name)) for name in SEQUENCE_NAMES}
-    del policy, setup.jax_model
-    masks = {k: inputs[k] for k in SEQUENCE_NAMES[2:]}
 
-    if precompute_ref:  # once, outside the timed step: what ReferenceCache does for a fixed reference
+    def loss_of(policy, reference, inputs):
+        return dpo_loss(policy, reference, inputs["preferred_seq"], inputs["unpreferred_seq"],
+                        **{k: inputs[k] for k in SEQUENCE_NAMES[2:]}, beta=config.beta, pad_id=PAD_ID,
+                        **options)[0]
+
+    def precomputed(graphdef, ref_params, rest, inputs):
         ref_fn = jax.jit(lambda rp, inp: tuple(reference_logprobs(
             nnx.merge(graphdef, rp, rest), inp["preferred_seq"], inp["unpreferred_seq"],
             **{k: inp[k] for k in SEQUENCE_NAMES[2:]}, pad_id=PAD_ID, **options)))
-        ref_params = ReferenceLogps(*jax.block_until_ready(ref_fn(ref_params, inputs)))
+        return ReferenceLogps(*jax.block_until_ready(ref_fn(ref_params, inputs)))
 
-    def train_step(params, opt_state, ref_params, inputs):
-        reference = ref_params if precompute_ref else nnx.merge(graphdef, ref_params, rest)
-
-        def loss_fn(p):
-            loss, _ = dpo_loss(nnx.merge(graphdef, p, rest), reference, inputs["preferred_seq"],
-                               inputs["unpreferred_seq"], **{k: inputs[k] for k in masks}, beta=config.beta,
-                               pad_id=PAD_ID, **options)
-            return loss
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    jitted = jax.jit(train_step, donate_argnums=(0, 1))
-    state = {"params": params, "opt_state": opt_state}
-
-    def step():
-        state["params"], state["opt_state"], loss = jitted(state["params"], state["opt_state"], ref_params, inputs)
-        jax.block_until_ready((state["params"], state["opt_state"], loss))
-        return float(loss)
-    return step
+    return jax_adamw_step(setup, config, inputs, loss_of, reference=precomputed if precompute_ref else None)
 
 
 @contender("dpo_jax", framework="jax")

@@ -9,43 +9,18 @@ on the same pairs, with `dpo_jax.packing.packed_dpo_loss` over a SharedBatch bui
 
 from __future__ import annotations
 
-from benchmarks.contenders import PAD_ID, contender
+from benchmarks.contenders import PAD_ID, contender, jax_adamw_step
 
 
 def packed_train_step(setup, shared, config):
-    """step() -> loss for a SharedBatch: the `dpo_jax` contender's step with packed_dpo_loss."""
-    import jax
+    """step() -> loss for a SharedBatch: the shared JAX step with packed_dpo_loss."""
     import jax.numpy as jnp
-    import optax
-    from flax import nnx
     from dpo_jax.packing import packed_dpo_loss
 
-    policy = setup.jax_model
-    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
-    ref_params = jax.tree.map(jnp.copy, params)
-    optimizer = optax.adamw(config.lr)
-    opt_state = optimizer.init(params)
     arrays = {k: jnp.asarray(v) for k, v in shared.as_dict().items()}
-    del policy, setup.jax_model
-
-    def train_step(params, opt_state, ref_params, arrays):
-        reference = nnx.merge(graphdef, ref_params, rest)
-
-        def loss_fn(p):
-            return packed_dpo_loss(nnx.merge(graphdef, p, rest), reference, arrays, beta=config.beta)[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    jitted = jax.jit(train_step, donate_argnums=(0, 1))
-    state = {"params": params, "opt_state": opt_state}
-
-    def step():
-        state["params"], state["opt_state"], loss = jitted(state["params"], state["opt_state"], ref_params, arrays)
-        jax.block_until_ready((state["params"], state["opt_state"], loss))
-        return float(loss)
-    return step
+    return jax_adamw_step(setup, config, arrays,
+                          lambda policy, reference, arrays: packed_dpo_loss(policy, reference, arrays,
+                                                                            beta=config.beta)[0])
 
 
 def _batch_arrays(batch):
