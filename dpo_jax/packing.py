@@ -19,10 +19,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from dpo_jax.data import PreferenceExample, _check_collate_options, _truncated_lengths
-from dpo_jax.dpo import ReferenceLogps, validate_options
+from dpo_jax.dpo import validate_options
 from dpo_jax.losses import REFERENCE_FREE_LOSSES, pair_losses, validate_loss_options
 from dpo_jax.prefix_sharing import PairSpec, SharedBatch, _check_alignment, layout_pairs, prefix_shared_pair_logprobs
 
@@ -207,19 +206,10 @@ def packed_dpo_loss(policy, reference, packed_batch, *, beta=0.1, loss_type="sig
 def make_packed_loss_fn(graphdef, config):
     """loss_fn(params, ref_params, batch) -> (loss, metrics) like `train.make_loss_fn`, for SharedBatch dicts
     (plus `ref_chosen_logps`/`ref_rejected_logps` [K] when the reference is precomputed)."""
-    from dpo_jax.train import cast_for_compute, compute_graphdef
+    from dpo_jax.train import policy_and_reference
 
     def loss_fn(params, ref_params, batch):
-        forward_graph = compute_graphdef(graphdef, params, config.bf16)
-        policy = nnx.merge(forward_graph, cast_for_compute(params, config.bf16))
-        if config.reference_free:
-            reference = None
-        elif "ref_chosen_logps" in batch:
-            reference = ReferenceLogps(batch["ref_chosen_logps"], batch["ref_rejected_logps"])
-        elif ref_params is not None:
-            reference = nnx.merge(forward_graph, cast_for_compute(jax.lax.stop_gradient(ref_params), config.bf16))
-        else:
-            raise ValueError("the batch has no ref_chosen_logps/ref_rejected_logps and the state no ref_params")
+        policy, reference = policy_and_reference(graphdef, config, params, ref_params, batch)
         arrays = {k: v for k, v in batch.items() if k in SharedBatch.ARRAY_KEYS}
         return packed_dpo_loss(policy, reference, arrays, beta=config.beta, loss_type=config.loss_type,
                                reduction=config.reduction, mask_alignment=config.mask_alignment,

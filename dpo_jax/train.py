@@ -167,20 +167,24 @@ def cast_for_compute(params, bf16: bool):
     return jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
+def policy_and_reference(graphdef, config: TrainConfig, params, ref_params, batch):
+    """The policy to differentiate and the reference for a loss: None (reference-free), precomputed log-probs
+    from the batch, or the frozen reference model (no gradient); all in the compute dtype."""
+    forward_graph = compute_graphdef(graphdef, params, config.bf16)
+    policy = nnx.merge(forward_graph, cast_for_compute(params, config.bf16))
+    if config.reference_free:
+        return policy, None
+    if "ref_chosen_logps" in batch:
+        return policy, ReferenceLogps(batch["ref_chosen_logps"], batch["ref_rejected_logps"])
+    if ref_params is None:
+        raise ValueError("the batch has no ref_chosen_logps/ref_rejected_logps and the state no ref_params")
+    return policy, nnx.merge(forward_graph, cast_for_compute(jax.lax.stop_gradient(ref_params), config.bf16))
+
+
 def make_loss_fn(graphdef, config: TrainConfig):
     """loss_fn(params, ref_params, batch) -> (loss, metrics); the reference gets no gradient."""
     def loss_fn(params, ref_params, batch):
-        forward_graph = compute_graphdef(graphdef, params, config.bf16)
-        policy = nnx.merge(forward_graph, cast_for_compute(params, config.bf16))
-        if config.reference_free:
-            reference = None
-        elif "ref_chosen_logps" in batch:
-            reference = ReferenceLogps(batch["ref_chosen_logps"], batch["ref_rejected_logps"])
-        elif ref_params is not None:
-            frozen = jax.lax.stop_gradient(ref_params)
-            reference = nnx.merge(forward_graph, cast_for_compute(frozen, config.bf16))
-        else:
-            raise ValueError("the batch has no ref_chosen_logps/ref_rejected_logps and the state no ref_params")
+        policy, reference = policy_and_reference(graphdef, config, params, ref_params, batch)
         return dpo_loss(policy, reference, *(batch[k] for k in SEQUENCE_KEYS[:2]), prompt_mask=batch["prompt_mask"],
                         preferred_seq_mask=batch.get("preferred_seq_mask"),
                         unpreferred_seq_mask=batch.get("unpreferred_seq_mask"), beta=config.beta,
