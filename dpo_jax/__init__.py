@@ -1,14 +1,37 @@
-"""dpo_jax: DPO in JAX/Flax/optax, with a Flax port of x-transformers that agrees with PyTorch."""
+"""dpo_jax: DPO in JAX/Flax/optax. No torch needed: the PyTorch conversions import torch only when called.
 
-from dpo_jax.model import Transformer, TransformerConfig
-from dpo_jax.convert import from_torch
-from dpo_jax.convert import to_torch
-from dpo_jax.convert import config_from_torch
-from dpo_jax.convert import build_torch_model
-from dpo_jax.convert import state_dict_from_model
-from dpo_jax.convert import model_from_state_dict
-from dpo_jax.checkpoint_io import save_safetensors
-from dpo_jax.checkpoint_io import load_safetensors
-from dpo_jax.dpo import ReferenceLogps, dpo_loss, reference_logprobs
-from dpo_jax.losses import DIVERGENCES, LOSS_TYPES, pair_losses, preference_loss
+The layers, lowest first (each imports only its own and those below; docs/architecture.md): `ops` (attention,
+log-prob head, remat) and `sharding` -> `models` (the contract, the x-transformers port) -> `logprobs`, `losses`,
+`validation`, `forward`, `data` -> `layouts` (padded, prefix-shared, packed) -> `dpo` (dpo_loss, batch_loss) ->
+`train` and `demo` -> `cli`.
+"""
+
+from dpo_jax.data import PreferenceExample, collate_pairs, read_preference_jsonl
+from dpo_jax.dpo import ReferenceLogps, batch_loss, dpo_loss, reference_logprobs
+from dpo_jax.forward import ForwardOptions
+from dpo_jax.layouts import LAYOUTS, get_layout
 from dpo_jax.logprobs import scored_mask, sequence_logprobs, token_logprobs
+from dpo_jax.losses import DIVERGENCES, LOSS_TYPES, LOSSES, pair_losses, preference_loss
+from dpo_jax.models import CausalLM, HiddenStatesLM, OutputHead, with_compute_dtype
+from dpo_jax.models.x_transformers import (Transformer, TransformerConfig, build_torch_model, config_from_torch,
+                                           from_torch, load_safetensors, model_from_state_dict, save_safetensors,
+                                           state_dict_from_model, to_torch)
+from dpo_jax.ops import AttentionMask, attend
+from dpo_jax.train import RunConfig, TrainConfig, TrainState, init_train_state, make_eval_loss, make_train_step, run
+
+__all__ = [
+    # the loss
+    "dpo_loss", "batch_loss", "reference_logprobs", "ReferenceLogps", "ForwardOptions",
+    "preference_loss", "pair_losses", "LOSSES", "LOSS_TYPES", "DIVERGENCES",
+    "scored_mask", "sequence_logprobs", "token_logprobs",
+    # models: the contract, precision, the x-transformers port and its torch conversions
+    "CausalLM", "HiddenStatesLM", "OutputHead", "with_compute_dtype",
+    "Transformer", "TransformerConfig", "from_torch", "to_torch", "config_from_torch", "build_torch_model",
+    "state_dict_from_model", "model_from_state_dict", "save_safetensors", "load_safetensors",
+    # ops a kernel may replace
+    "AttentionMask", "attend",
+    # batch layouts and data
+    "LAYOUTS", "get_layout", "PreferenceExample", "collate_pairs", "read_preference_jsonl",
+    # training
+    "TrainConfig", "TrainState", "init_train_state", "make_train_step", "make_eval_loss", "RunConfig", "run",
+]

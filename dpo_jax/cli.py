@@ -1,4 +1,4 @@
-"""`dpo-jax train`: command-line front end of `dpo_jax.run.train`.
+"""`dpo-jax train`: command-line front end of `dpo_jax.train.run`.
 
 With no options it runs the built-in demo end to end; `--data FILE` trains on a preference JSONL instead.
 Bad options exit through argparse (status 2, message on stderr); a non-finite loss exits with status 1.
@@ -10,9 +10,12 @@ import argparse
 import json
 import sys
 
+from dpo_jax.forward import LOGPROB_HEAD_CHOICES, SCORE_POSITIONS, ForwardOptions
 from dpo_jax.layouts import LAYOUTS
 from dpo_jax.losses import DIVERGENCES, LOSS_TYPES
-from dpo_jax.optim import OPTIMIZERS, SCHEDULES
+from dpo_jax.ops.attention import ATTENTION_BACKENDS
+from dpo_jax.ops.remat import REMAT_POLICIES
+from dpo_jax.train.optim import OPTIMIZERS, SCHEDULES
 
 
 def _positive_int(text: str) -> int:
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--checkpoint-every", type=_positive_int, default=50)
     data.add_argument("--keep-checkpoints", type=_positive_int, default=3)
     data.add_argument("--quick", action="store_true", help="shortened demo (tests, CI)")
-    data.add_argument("--layout", choices=LAYOUTS, default="padded",
+    data.add_argument("--layout", choices=list(LAYOUTS), default="padded",
                       help="padded rows, prefix sharing ([prompt, chosen, rejected] per row), or packed shared pairs")
     data.add_argument("--row-len", type=_positive_int, help="prefix_shared/packed row length (default 2 x max length)")
     data.add_argument("--rows", type=_positive_int, help="packed rows per batch (default --batch-size)")
@@ -81,7 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--weight-decay", type=float, default=0.0)
     optim.add_argument("--grad-accum", type=_positive_int, default=1)
     optim.add_argument("--grad-clip", type=float, default=1.0, help="global-norm clip; 0 disables")
-    optim.add_argument("--bf16", action="store_true", help="bfloat16 forward, float32 master weights and loss")
+    forward = train.add_argument_group("forward pass (how the log-probs are computed; never what they are)")
+    forward.add_argument("--logprob-head", choices=LOGPROB_HEAD_CHOICES, default="auto",
+                         help="full logits, or the chunked head that never builds them (auto: chunked for "
+                              "vocabularies >= 4096)")
+    forward.add_argument("--head-chunk-size", type=_positive_int, default=ForwardOptions.head_chunk_size,
+                         help="tokens per chunk of the chunked head")
+    forward.add_argument("--score-positions", choices=SCORE_POSITIONS, default="scored",
+                         help="send only the scored positions to the head (default), or all of them")
+    forward.add_argument("--remat", choices=list(REMAT_POLICIES), default="none",
+                         help="per-block rematerialisation: recompute activations in the backward pass")
+    forward.add_argument("--compute-dtype", choices=("float32", "bfloat16", "float16"),
+                         help="forward dtype; master weights, log-softmax and loss stay float32")
+    forward.add_argument("--bf16", action="store_true", help="shorthand for --compute-dtype bfloat16")
+    forward.add_argument("--attention", choices=ATTENTION_BACKENDS, default="xla", help="attention backend")
     model = train.add_argument_group("model (with --data)")
     model.add_argument("--dim", type=_positive_int, default=64)
     model.add_argument("--depth", type=_positive_int, default=2)
@@ -108,8 +124,7 @@ def fill_task_defaults(args):
 
 
 def run_config_from_args(args, parser):
-    from dpo_jax.run import RunConfig, load_run_config
-    from dpo_jax.train import TrainConfig
+    from dpo_jax.train import RunConfig, TrainConfig, load_run_config
 
     if args.resume:
         try:
@@ -125,13 +140,19 @@ def run_config_from_args(args, parser):
     fill_task_defaults(args)
     if args.dim % args.heads:
         parser.error(f"--dim {args.dim} must be divisible by --heads {args.heads}")
+    if args.bf16 and args.compute_dtype not in (None, "bfloat16"):
+        parser.error(f"--bf16 contradicts --compute-dtype {args.compute_dtype}")
     try:
+        forward_options = ForwardOptions(
+            logprob_head=args.logprob_head, head_chunk_size=args.head_chunk_size,
+            score_positions=args.score_positions, remat=args.remat,
+            compute_dtype="bfloat16" if args.bf16 else args.compute_dtype, attention=args.attention)
         train_config = TrainConfig(
             beta=args.beta, loss_type=args.loss_type, reduction=args.reduction, divergence=args.divergence,
             label_smoothing=args.label_smoothing, optimizer=args.optimizer, learning_rate=args.lr,
             warmup_steps=args.warmup_steps, schedule=args.schedule, weight_decay=args.weight_decay,
             grad_accum=args.grad_accum, grad_clip=args.grad_clip or None, precompute_ref=args.precompute_ref,
-            ref_sync_every=args.ref_sync_every, ref_sync_alpha=args.ref_sync_alpha, bf16=args.bf16)
+            ref_sync_every=args.ref_sync_every, ref_sync_alpha=args.ref_sync_alpha, forward=forward_options)
     except ValueError as err:
         parser.error(str(err))
     if args.batch_size % args.grad_accum:
@@ -157,10 +178,10 @@ def main(argv=None) -> int:
             parser.error(f"--mesh: {err}")
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     from dpo_jax.data import DataError
-    from dpo_jax.run import NonFiniteError, train
+    from dpo_jax.train import NonFiniteError, run
 
     try:
-        summary = train(config)
+        summary = run(config)
     except NonFiniteError as err:
         print(f"dpo-jax: {err}", file=sys.stderr)
         return 1

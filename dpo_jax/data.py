@@ -19,7 +19,8 @@ from dpo_jax.tokenizer import Tokenizer
 
 __all__ = [
     "DataError", "PreferenceExample", "PreferenceBatch", "PreferenceDataset", "TRUNCATION_POLICIES",
-    "read_preference_jsonl", "write_preference_jsonl", "collate_pairs", "batch_iterator",
+    "read_preference_jsonl", "write_preference_jsonl", "collate_pairs", "batch_iterator", "truncated_lengths",
+    "check_collate_options",
 ]
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -167,7 +168,7 @@ class PreferenceBatch:
         }
 
 
-def _check_collate_options(max_len: int, truncation: str, min_completion_tokens: int, pad_to_multiple_of: int) -> None:
+def check_collate_options(max_len: int, truncation: str, min_completion_tokens: int, pad_to_multiple_of: int) -> None:
     if not isinstance(max_len, int) or max_len < 1:
         raise ValueError(f"max_len must be a positive int, got {max_len!r}")
     if truncation not in TRUNCATION_POLICIES:
@@ -178,7 +179,7 @@ def _check_collate_options(max_len: int, truncation: str, min_completion_tokens:
         raise ValueError(f"pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
 
 
-def _truncated_lengths(example: PreferenceExample, max_len: int, truncation: str,
+def truncated_lengths(example: PreferenceExample, max_len: int, truncation: str,
                        min_completion_tokens: int) -> tuple[int, int, int]:
     """(prompt, chosen, rejected) lengths kept; the prompt length is shared by both rows."""
     p, c, r = len(example.prompt), len(example.chosen), len(example.rejected)
@@ -222,10 +223,10 @@ def collate_pairs(
     rejected, so one prompt_mask serves both; no row ever has zero completion tokens.
     `truncation="error"` raises DataError instead of cutting.
     """
-    _check_collate_options(max_len, truncation, min_completion_tokens, pad_to_multiple_of)
+    check_collate_options(max_len, truncation, min_completion_tokens, pad_to_multiple_of)
     if not examples:
         raise ValueError("collate_pairs needs at least one example")
-    lengths = [_truncated_lengths(ex, max_len, truncation, min_completion_tokens) for ex in examples]
+    lengths = [truncated_lengths(ex, max_len, truncation, min_completion_tokens) for ex in examples]
     needed = max(p + max(c, r) for p, c, r in lengths)
     if pad_to_length is None:
         width = _padded_length(needed, max_len, pad_to_multiple_of)
@@ -283,7 +284,7 @@ class PreferenceDataset:
         group_by_length: bool = False,
         length_window: int | None = None,
     ):
-        _check_collate_options(max_len, truncation, min_completion_tokens, pad_to_multiple_of)
+        check_collate_options(max_len, truncation, min_completion_tokens, pad_to_multiple_of)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(process_count, int) or process_count < 1:
@@ -311,7 +312,7 @@ class PreferenceDataset:
         # Truncated row length of every example, validated once up front (truncation="error" fails here).
         self._row_length = np.array(
             [p + max(c, r) for p, c, r in
-             (_truncated_lengths(ex, max_len, truncation, min_completion_tokens) for ex in self.examples)],
+             (truncated_lengths(ex, max_len, truncation, min_completion_tokens) for ex in self.examples)],
             dtype=np.int64)
         self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
         self._cached_epoch: tuple[int, np.ndarray] | None = None

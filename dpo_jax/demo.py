@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 
 from dpo_jax.data import PreferenceExample
-from dpo_jax.model import Transformer, TransformerConfig
+from dpo_jax.models.x_transformers import Transformer, TransformerConfig
 from dpo_jax.sampling import sample
 
 __all__ = ["DemoTokenizer", "DemoSetup", "DemoSettings", "build_demo", "FULL_SETTINGS", "QUICK_SETTINGS"]

@@ -1,89 +1,29 @@
 """`dpo_loss`: model + batch -> (loss, metrics), the functional mirror of `dpo_torch.DPO.forward`.
 
+`batch_loss` is the one place that combines a layout's log-probs, the reference and the loss; `dpo_loss` is
+it on the padded layout with the seed's argument names (`preferred_seq`, `unpreferred_seq`) and eager input
+validation. Inside, the pair is `chosen` / `rejected` (TRL's names).
+
 The reference gets no gradient (its log-probs pass through `stop_gradient`), so
 `nnx.value_and_grad(lambda policy: dpo_loss(policy, reference, ...)[0])` differentiates the policy only.
 `reference` may be a model, precomputed `ReferenceLogps`, or None for reference-free losses (simpo).
 """
 
-import dataclasses
-import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
-from dpo_jax.chunked_head import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
-from dpo_jax.logprobs import (MASK_ALIGNMENTS, REDUCTIONS, scored_mask, sequence_logprobs, token_logprobs,
-                              window_for_masks, window_indices)
+from dpo_jax.forward import FastPath, ForwardOptions
+from dpo_jax.layouts import get_layout
+from dpo_jax.layouts.padded import pair_sequence_logprobs, sequence_masks
+from dpo_jax.logprobs import MASK_ALIGNMENTS, REDUCTIONS
 from dpo_jax.losses import preference_loss, validate_loss_options
-from dpo_jax.remat import validate_remat
+from dpo_jax.models.base import max_seq_len_of, vocab_size_of
 from dpo_jax.validation import check_scored_rows, is_concrete, validate_dpo_inputs
 
-LOGPROB_HEADS = ("full", "chunked")
-SCORE_POSITIONS = ("scored", "all")
-
-
-@dataclasses.dataclass(frozen=True)
-class FastPath:
-    """How the log-probs are computed (not what): every combination gives the plain path's numbers.
-
-    logprob_head: "full" builds the [2B, T, V] logits; "chunked" uses `chunked_head` (O(chunk x V) memory).
-    head_chunk_size: tokens per head chunk for "chunked".
-    score_positions: "scored" sends only a static window covering each row's scored span to the head
-      (`score_window` tokens; when None it is computed from the masks if they are concrete, else the head
-      sees all positions); "all" sends every position.
-    remat: per-block rematerialisation, None/"none" | "full" | "dots_saveable" (`dpo_jax.remat`).
-    compute_dtype: e.g. jnp.bfloat16: parameters cast and activations computed in it; the logsumexp, the
-      log-probs and the loss stay float32. None keeps the model's own dtype.
-    """
-    logprob_head: str = "full"
-    head_chunk_size: int = DEFAULT_CHUNK_SIZE
-    score_positions: str = "scored"
-    score_window: int | None = None
-    remat: str | None = None
-    compute_dtype: Any = None
-
-    def __post_init__(self):
-        if self.logprob_head not in LOGPROB_HEADS:
-            raise ValueError(f"unknown logprob_head {self.logprob_head!r}; expected one of {', '.join(LOGPROB_HEADS)}")
-        if self.score_positions not in SCORE_POSITIONS:
-            raise ValueError(f"unknown score_positions {self.score_positions!r}; "
-                             f"expected one of {', '.join(SCORE_POSITIONS)}")
-        if not isinstance(self.head_chunk_size, int) or self.head_chunk_size < 1:
-            raise ValueError(f"head_chunk_size must be a positive int, got {self.head_chunk_size!r}")
-        if self.score_window is not None and (not isinstance(self.score_window, int) or self.score_window < 1):
-            raise ValueError(f"score_window must be a positive int or None, got {self.score_window!r}")
-        validate_remat(self.remat)
-
-    def window_for(self, masks):
-        """The static window size for [R, T] scored masks, or None for every position."""
-        if self.score_positions == "all":
-            return None
-        if self.score_window is not None:
-            window = self.score_window
-        elif is_concrete(masks):
-            window = window_for_masks(masks)
-        else:
-            return None
-        return None if window >= masks.shape[-1] else window
-
-
-@functools.lru_cache(maxsize=None)
-def _graphdef_in_dtype(model_config, dtype):
-    """The same architecture computing in `dtype` (abstract: no weights are materialised)."""
-    from dpo_jax.model import Transformer
-    abstract = nnx.eval_shape(lambda: Transformer(model_config.replace(dtype=dtype), rngs=nnx.Rngs(0)))
-    return nnx.split(abstract, nnx.Param, ...)[0]
-
-
-def with_compute_dtype(model, dtype):
-    """`model` computing in `dtype`, its floating parameters cast (gradients flow back to the originals)."""
-    if jnp.dtype(model.config.dtype) == jnp.dtype(dtype):
-        return model
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
-    return nnx.merge(_graphdef_in_dtype(model.config, jnp.dtype(dtype)), params, rest)
+__all__ = ["ReferenceLogps", "dpo_loss", "batch_loss", "reference_logprobs", "validate_options",
+           "sequence_masks", "pair_sequence_logprobs", "ForwardOptions", "FastPath"]
 
 
 class ReferenceLogps(NamedTuple):
@@ -102,101 +42,98 @@ def validate_options(*, beta, loss_type, reduction, mask_alignment, label_smooth
                           alpha=alpha, gamma=gamma, has_reference=has_reference)
 
 
-def sequence_masks(preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
-                   unpreferred_seq_mask=None, pad_id=None, mask_alignment="next_token"):
-    """Scored masks [B, N-1] for chosen and rejected, with x-transformers' pad_id convention."""
-    if pad_id is not None:
-        if preferred_seq_mask is None:
-            preferred_seq_mask = preferred_seq != pad_id
-        if unpreferred_seq_mask is None:
-            unpreferred_seq_mask = unpreferred_seq != pad_id
-    return (scored_mask(prompt_mask, preferred_seq_mask, mask_alignment),
-            scored_mask(prompt_mask, unpreferred_seq_mask, mask_alignment))
+def _reference_pair_logps(reference, batch, layout, *, reduction, forward):
+    """(chosen, rejected) reference log-probs without gradient: precomputed, or one forward of the reference."""
+    if reference is None:
+        return None, None
+    if isinstance(reference, tuple):  # ReferenceLogps or a plain (chosen, rejected) pair
+        return tuple(jax.lax.stop_gradient(jnp.asarray(x)) for x in reference)
+    logps = layout.pair_logprobs(reference, batch, reduction=reduction, forward=forward)
+    return jax.lax.stop_gradient(logps.chosen), jax.lax.stop_gradient(logps.rejected)
 
 
-def pair_sequence_logprobs(model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, reduction="mean",
-                           **fast_options):
-    """Per-sequence log-probs of chosen and rejected from one concatenated [2B] forward of `model`.
+def batch_loss(policy, reference, batch, *, layout="padded", beta=0.1, pad_id=None, loss_type="sigmoid",
+               reduction="mean", mask_alignment="next_token", label_smoothing=0.0, divergence="reverse_kl",
+               alpha=0.5, gamma=0.5, forward=None):
+    """DPO loss and TRL-named metrics of a batch dict in any layout (`dpo_jax.layouts`).
 
-    `fast_options` are the `FastPath` fields (docs/fast-path.md); every setting gives the same numbers.
+    `batch` holds the layout's arrays (`layout.keys`); `reference` is a model, `ReferenceLogps` [K] in the
+    layout's pair order, or None (reference-free losses). Pairs with weight 0 (empty packed slots) count in
+    neither the loss nor a metric. `forward` (ForwardOptions or a dict of its fields) chooses how the
+    log-probs are computed for policy and reference, never what they are.
     """
-    options = FastPath(**fast_options)
-    batch = preferred_seq.shape[0]
-    seqs = jnp.concatenate([preferred_seq, unpreferred_seq], axis=0)
-    masks = jnp.concatenate([chosen_mask, rejected_mask], axis=0)
-    if options.compute_dtype is not None:
-        model = with_compute_dtype(model, options.compute_dtype)
-    # no padding mask goes to the model: right padding is invisible to causal attention
-    hidden = model.hidden_states(seqs[:, :-1], remat=options.remat)
-    targets, overflow = seqs[:, 1:], None
-    window = options.window_for(masks)
-    if window is not None:
-        index, overflow = window_indices(masks, window)
-        hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
-        targets = jnp.take_along_axis(targets, index, axis=1)
-        masks = jnp.take_along_axis(masks, index, axis=1)
-    if options.logprob_head == "chunked":
-        weight, scale = model.head_weight()
-        token_logps = chunked_token_logprobs(hidden, weight, targets, scale=scale, chunk_size=options.head_chunk_size)
-    else:
-        token_logps = token_logprobs(model.unembed(hidden), targets)
-    logps = sequence_logprobs(token_logps, masks, reduction)
-    if overflow is not None:  # a scored span longer than the static window: refuse loudly, never truncate
-        logps = jnp.where(overflow, jnp.nan, logps)
-    return logps[:batch], logps[batch:]
+    validate_options(beta=beta, loss_type=loss_type, reduction=reduction, mask_alignment=mask_alignment,
+                     label_smoothing=label_smoothing, divergence=divergence, alpha=alpha, gamma=gamma,
+                     has_reference=reference is not None)
+    forward = ForwardOptions.of(forward)
+    layout = get_layout(layout, pad_id=pad_id, mask_alignment=mask_alignment)
+    policy_logps = layout.pair_logprobs(policy, batch, reduction=reduction, forward=forward)
+    ref_chosen, ref_rejected = _reference_pair_logps(reference, batch, layout, reduction=reduction, forward=forward)
+    return preference_loss(policy_logps.chosen, policy_logps.rejected, ref_chosen, ref_rejected, beta=beta,
+                           loss_type=loss_type, label_smoothing=label_smoothing, divergence=divergence, alpha=alpha,
+                           gamma=gamma, weights=policy_logps.weights)
 
 
-def reference_logprobs(reference, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
-                       unpreferred_seq_mask=None, pad_id=None, reduction="mean", mask_alignment="next_token",
-                       **fast_options):
-    """ReferenceLogps of a batch, e.g. to precompute them once for a fixed reference (`FastPath` options)."""
+def _padded_batch(preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask):
+    def as_array(x):
+        return None if x is None else jnp.asarray(x)
+
+    return {"preferred_seq": jnp.asarray(preferred_seq), "unpreferred_seq": jnp.asarray(unpreferred_seq),
+            "prompt_mask": jnp.asarray(prompt_mask), "preferred_seq_mask": as_array(preferred_seq_mask),
+            "unpreferred_seq_mask": as_array(unpreferred_seq_mask)}
+
+
+def _validate_padded(model, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask,
+                     unpreferred_seq_mask, pad_id, mask_alignment):
+    """Eager checks of a padded batch (concrete arrays only): shapes, dtypes, vocabulary, lengths, scored rows."""
+    arrays = (preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
+    if not is_concrete(*arrays):
+        return
+    validate_dpo_inputs(preferred_seq, unpreferred_seq, prompt_mask=prompt_mask,
+                        preferred_seq_mask=preferred_seq_mask, unpreferred_seq_mask=unpreferred_seq_mask,
+                        num_tokens=vocab_size_of(model), max_seq_len=max_seq_len_of(model))
     chosen_mask, rejected_mask = sequence_masks(
-        preferred_seq, unpreferred_seq, prompt_mask=prompt_mask, preferred_seq_mask=preferred_seq_mask,
-        unpreferred_seq_mask=unpreferred_seq_mask, pad_id=pad_id, mask_alignment=mask_alignment)
-    chosen, rejected = pair_sequence_logprobs(reference, preferred_seq, unpreferred_seq, chosen_mask,
-                                              rejected_mask, reduction, **fast_options)
-    return ReferenceLogps(jax.lax.stop_gradient(chosen), jax.lax.stop_gradient(rejected))
+        jnp.asarray(preferred_seq), jnp.asarray(unpreferred_seq), prompt_mask=jnp.asarray(prompt_mask),
+        preferred_seq_mask=None if preferred_seq_mask is None else jnp.asarray(preferred_seq_mask),
+        unpreferred_seq_mask=None if unpreferred_seq_mask is None else jnp.asarray(unpreferred_seq_mask),
+        pad_id=pad_id, mask_alignment=mask_alignment)
+    check_scored_rows(chosen_mask, "preferred_seq")
+    check_scored_rows(rejected_mask, "unpreferred_seq")
 
 
 def dpo_loss(policy, reference, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
              unpreferred_seq_mask=None, beta=0.1, pad_id=None, loss_type="sigmoid", reduction="mean",
              mask_alignment="next_token", label_smoothing=0.0, divergence="reverse_kl", alpha=0.5, gamma=0.5,
-             **fast_options):
+             **forward_options):
     """DPO loss and TRL-named metrics; same arguments and defaults as `dpo_torch.DPO`.
 
-    `fast_options` (`FastPath` fields: logprob_head, head_chunk_size, score_positions, score_window, remat,
-    compute_dtype) choose how the log-probs are computed for policy and reference; never what they are.
+    `policy` and a model `reference` fulfil the model contract (`dpo_jax.models.base`): any callable
+    `model(tokens) -> logits`, or a model with hidden states and an output head (the fast path).
+    `forward_options` (`ForwardOptions` fields: logprob_head, head_chunk_size, score_positions, score_window,
+    remat, compute_dtype, attention) choose how the log-probs are computed; never what they are.
 
     Inputs are validated when concrete (outside jit): shapes, dtypes, vocabulary, max_seq_len, and that every
-    row has at least one scored token.
+    row has at least one scored token. Inside jit the arrays come from a validated pipeline.
     """
     validate_options(beta=beta, loss_type=loss_type, reduction=reduction, mask_alignment=mask_alignment,
                      label_smoothing=label_smoothing, divergence=divergence, alpha=alpha, gamma=gamma,
                      has_reference=reference is not None)
-    FastPath(**fast_options)  # unknown or invalid options fail here, before any compute
-    concrete = is_concrete(preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
-    if concrete:
-        validate_dpo_inputs(preferred_seq, unpreferred_seq, prompt_mask=prompt_mask,
-                            preferred_seq_mask=preferred_seq_mask, unpreferred_seq_mask=unpreferred_seq_mask,
-                            num_tokens=policy.config.num_tokens, max_seq_len=policy.config.max_seq_len)
-    preferred_seq, unpreferred_seq = jnp.asarray(preferred_seq), jnp.asarray(unpreferred_seq)
-    chosen_mask, rejected_mask = sequence_masks(
-        preferred_seq, unpreferred_seq, prompt_mask=jnp.asarray(prompt_mask),
-        preferred_seq_mask=None if preferred_seq_mask is None else jnp.asarray(preferred_seq_mask),
-        unpreferred_seq_mask=None if unpreferred_seq_mask is None else jnp.asarray(unpreferred_seq_mask),
-        pad_id=pad_id, mask_alignment=mask_alignment)
-    if concrete:
-        check_scored_rows(chosen_mask, "preferred_seq")
-        check_scored_rows(rejected_mask, "unpreferred_seq")
+    forward = ForwardOptions.of(forward_options)  # unknown or invalid options fail here, before any compute
+    _validate_padded(policy, preferred_seq, unpreferred_seq, prompt_mask=prompt_mask,
+                     preferred_seq_mask=preferred_seq_mask, unpreferred_seq_mask=unpreferred_seq_mask, pad_id=pad_id,
+                     mask_alignment=mask_alignment)
+    batch = _padded_batch(preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
+    return batch_loss(policy, reference, batch, layout="padded", beta=beta, pad_id=pad_id, loss_type=loss_type,
+                      reduction=reduction, mask_alignment=mask_alignment, label_smoothing=label_smoothing,
+                      divergence=divergence, alpha=alpha, gamma=gamma, forward=forward)
 
-    policy_chosen, policy_rejected = pair_sequence_logprobs(policy, preferred_seq, unpreferred_seq, chosen_mask,
-                                                            rejected_mask, reduction, **fast_options)
-    ref_chosen = ref_rejected = None
-    if isinstance(reference, ReferenceLogps) or isinstance(reference, tuple):
-        ref_chosen, ref_rejected = (jax.lax.stop_gradient(jnp.asarray(x)) for x in reference)
-    elif reference is not None:
-        ref_chosen, ref_rejected = pair_sequence_logprobs(reference, preferred_seq, unpreferred_seq, chosen_mask,
-                                                          rejected_mask, reduction, **fast_options)
-        ref_chosen, ref_rejected = jax.lax.stop_gradient(ref_chosen), jax.lax.stop_gradient(ref_rejected)
-    return preference_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type,
-                           label_smoothing=label_smoothing, divergence=divergence, alpha=alpha, gamma=gamma)
+
+def reference_logprobs(reference, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
+                       unpreferred_seq_mask=None, pad_id=None, reduction="mean", mask_alignment="next_token",
+                       **forward_options):
+    """ReferenceLogps of a padded batch, e.g. to precompute them once for a fixed reference."""
+    batch = _padded_batch(preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
+    layout = get_layout("padded", pad_id=pad_id, mask_alignment=mask_alignment)
+    chosen, rejected = _reference_pair_logps(reference, batch, layout, reduction=reduction,
+                                             forward=ForwardOptions.of(forward_options))
+    return ReferenceLogps(chosen, rejected)

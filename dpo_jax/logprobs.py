@@ -1,17 +1,14 @@
 """Per-token and per-sequence log-probs of a causal LM (JAX side; mirrors `dpo_torch/logprobs.py`)."""
 
-import jax
 import jax.numpy as jnp
+
+from dpo_jax.ops.logprob_head import token_logprobs
+
+__all__ = ["MASK_ALIGNMENTS", "REDUCTIONS", "token_logprobs", "log_prob_from_model_and_seq", "maybe_and_mask",
+           "scored_mask", "masked_sum", "masked_mean", "sequence_logprobs"]
 
 MASK_ALIGNMENTS = ("next_token", "x_transformers")
 REDUCTIONS = ("mean", "sum")
-
-
-def token_logprobs(logits, targets):
-    """Target logit minus float32 logsumexp [B, T]: log_softmax + gather without the [B, T, V] copy."""
-    logits = logits.astype(jnp.float32)
-    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return target_logits - jax.nn.logsumexp(logits, axis=-1)
 
 
 def log_prob_from_model_and_seq(model, seq):
@@ -70,37 +67,3 @@ def sequence_logprobs(token_logps, mask, reduction="mean"):
     if reduction == "sum":
         return masked_sum(token_logps, mask)
     raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
-
-
-# ---- scoring only the scored positions (the fast path's head skips prompt and padding) -----------------
-
-def scored_span(mask):
-    """(first scored index, span length) per row of a [R, T] mask; span = last - first + 1 (0 if none)."""
-    positions = jnp.arange(mask.shape[-1])
-    first = jnp.where(mask, positions, mask.shape[-1]).min(axis=-1)
-    last = jnp.where(mask, positions, -1).max(axis=-1)
-    return first, jnp.maximum(last - first + 1, 0)
-
-
-def window_for_masks(*masks, bucket=64):
-    """Host side: the static window size covering every row's scored span, rounded up to `bucket`.
-
-    Rounding keeps the number of distinct jit shapes small when completion lengths vary between batches.
-    """
-    import numpy as np
-    width = max(int(np.asarray(mask).shape[-1]) for mask in masks)
-    spans = [int(np.asarray(scored_span(jnp.asarray(mask))[1]).max(initial=0)) for mask in masks]
-    window = -(-max(max(spans), 1) // bucket) * bucket
-    return min(window, width)
-
-
-def window_indices(mask, window):
-    """Static-size gather indices [R, window] covering each row's scored span, and rows that overflow it.
-
-    The window starts at the first scored position, shifted left when it would run past the end, so it never
-    repeats a position. A row whose span is longer than `window` is flagged (its log-prob becomes NaN).
-    """
-    length = mask.shape[-1]
-    first, span = scored_span(mask)
-    start = jnp.clip(first, 0, length - window)
-    return start[:, None] + jnp.arange(window)[None], span > window

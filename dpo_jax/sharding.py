@@ -158,19 +158,6 @@ def gather_replicated(tree, mesh: Mesh):
     return jax.jit(lambda x: x, out_shardings=jax.tree.map(lambda _: target, tree))(tree)
 
 
-def make_sharded_train_step(graphdef, config, state, mesh: Mesh, batch_size: int, *, donate: bool = True,
-                            process_count: int | None = None):
-    """(sharded state, step) - validates the batch first, so a bad layout fails before any compilation."""
-    from dpo_jax.train import make_train_step
-
-    process_count = jax.process_count() if process_count is None else process_count
-    validate_batch(batch_size, mesh, config.grad_accum, process_count)
-    shardings = state_shardings(state, mesh)
-    step = make_train_step(graphdef, config, state_shardings=shardings, batch_shardings=batch_sharding(mesh),
-                           donate=donate)
-    return jax.device_put(state, shardings), step
-
-
 DISTRIBUTED_ENV = ("DPO_JAX_COORDINATOR", "DPO_JAX_NUM_PROCESSES", "DPO_JAX_PROCESS_ID")
 
 

@@ -46,7 +46,7 @@ def test_config_round_trips_through_torch_kwargs():
 
 
 def test_verify_passes_on_good_model_and_fails_on_corrupted_weights():
-    from dpo_jax.convert import verify_against_torch
+    from dpo_jax.models.x_transformers.weights import verify_against_torch
 
     source = perturb_(make_torch_model(rotary_pos_emb=True), seed=2)
     jax_model = from_torch(source, verify=True)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dpo_jax.chunked_head import chunked_token_logprobs
+from dpo_jax.ops.logprob_head import chunked_token_logprobs
 from dpo_jax.dpo import FastPath, dpo_loss, reference_logprobs
-from dpo_jax.logprobs import token_logprobs, window_for_masks, window_indices
-from dpo_jax.model import Transformer, TransformerConfig
+from dpo_jax.layouts.base import window_for_masks, window_indices
+from dpo_jax.logprobs import token_logprobs
+from dpo_jax.models.x_transformers import Transformer, TransformerConfig
 from parity_tests.model_helpers import make_torch_model, perturb_
 
 PAD = 0

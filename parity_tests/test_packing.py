@@ -1,6 +1,6 @@
 """Packed batches (several pairs per row, with and without prefix sharing, empty slots) equal `dpo_loss` on the
 same pairs collated into an ordinary padded batch: per-sequence log-probs, loss, metrics, policy gradients, and
-one optimizer step of `make_packed_train_step` against `train.make_train_step`. Float32.
+one optimizer step of `make_train_step(layout="packed")` against the padded `make_train_step`. Float32.
 """
 
 import jax
@@ -11,9 +11,9 @@ from flax import nnx
 
 from dpo_jax import from_torch
 from dpo_jax.data import PreferenceExample, collate_pairs
-from dpo_jax.dpo import ReferenceLogps, dpo_loss, pair_sequence_logprobs, sequence_masks
-from dpo_jax.packing import make_packed_train_step, pack_examples, packed_dpo_loss
-from dpo_jax.prefix_sharing import prefix_shared_pair_logprobs
+from dpo_jax.dpo import ReferenceLogps, batch_loss, dpo_loss, pair_sequence_logprobs, sequence_masks
+from dpo_jax.layouts.packed import pack_examples
+from dpo_jax.layouts.prefix_shared import prefix_shared_pair_logprobs
 from dpo_jax.train import TrainConfig, init_train_state, make_train_step
 from parity_tests.model_helpers import make_torch_model, perturb_
 
@@ -79,7 +79,7 @@ def test_packed_loss_metrics_gradients_with_empty_slot():
     (packed,) = pack_examples(exs, row_len=ROW_LEN, rows=ROWS, pairs_per_batch=SLOTS, max_len=MAX_LEN)
     graphdef, params = nnx.split(policy, nnx.Param)
     options = dict(beta=0.1, loss_type="sigmoid", reduction="sum")
-    packed_loss = jax.jit(lambda p, a: packed_dpo_loss(nnx.merge(graphdef, p), reference, a, **options))
+    packed_loss = jax.jit(lambda p, a: batch_loss(nnx.merge(graphdef, p), reference, a, layout="packed", **options))
     padded_loss = jax.jit(lambda p, b: dpo_loss(nnx.merge(graphdef, p), reference, b["preferred_seq"],
                                                 b["unpreferred_seq"], prompt_mask=b["prompt_mask"],
                                                 preferred_seq_mask=b["preferred_seq_mask"],
@@ -107,7 +107,7 @@ def test_packed_train_step_matches_padded_train_step():
     (packed,) = pack_examples(exs, row_len=ROW_LEN, rows=ROWS, pairs_per_batch=SLOTS, max_len=MAX_LEN)
     packed_batch = dict(packed.as_dict(), ref_chosen_logps=ref[0], ref_rejected_logps=ref[1])
     new_u, metrics_u = make_train_step(graphdef, config, donate=False)(state, padded)
-    new_p, metrics_p = make_packed_train_step(graphdef, config, donate=False)(state2, packed_batch)
+    new_p, metrics_p = make_train_step(graphdef, config, layout="packed", donate=False)(state2, packed_batch)
     assert bool(metrics_p["finite"]) and int(new_p.step) == 1
     assert relative(metrics_p["loss"], metrics_u["loss"]) <= TOL
     assert relative(metrics_p["grad_norm"], metrics_u["grad_norm"]) <= TOL
@@ -119,7 +119,7 @@ def test_packed_refusals():
     exs = examples()
     (packed,) = pack_examples(exs, row_len=ROW_LEN, rows=ROWS, pairs_per_batch=SLOTS, max_len=MAX_LEN)
     with pytest.raises(ValueError, match="mask_alignment"):
-        packed_dpo_loss(model(), ReferenceLogps(np.zeros(SLOTS), np.zeros(SLOTS)), packed,
-                        mask_alignment="x_transformers")
+        batch_loss(model(), ReferenceLogps(np.zeros(SLOTS), np.zeros(SLOTS)), packed, layout="packed",
+                   mask_alignment="x_transformers")
     with pytest.raises(NotImplementedError, match="grad_accum"):
-        make_packed_train_step(None, TrainConfig(grad_accum=2))
+        make_train_step(None, TrainConfig(grad_accum=2), layout="packed")

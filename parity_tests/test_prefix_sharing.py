@@ -3,7 +3,7 @@
 For every positional scheme of the Flax port (learned absolute, rotary, alibi, T5 relative bias, none) and
 the options that touch attention (residual_attn, memory key/values, memory tokens with absolute positions):
 `prefix_shared_pair_logprobs` vs `dpo_jax.dpo.pair_sequence_logprobs` (both reductions, both mask
-alignments, pad_id / explicit masks), and `packed_dpo_loss` vs `dpo_loss` under jit + grad. Float32.
+alignments, pad_id / explicit masks), and `batch_loss(layout="prefix_shared")` vs `dpo_loss` under jit + grad. Float32.
 """
 
 import itertools
@@ -15,9 +15,8 @@ import pytest
 from flax import nnx
 
 from dpo_jax import from_torch
-from dpo_jax.dpo import ReferenceLogps, dpo_loss, pair_sequence_logprobs, sequence_masks
-from dpo_jax.packing import packed_dpo_loss
-from dpo_jax.prefix_sharing import (branch_attention_mask, pair_specs_from_batch, prefix_shared_pair_logprobs,
+from dpo_jax.dpo import ReferenceLogps, batch_loss, dpo_loss, pair_sequence_logprobs, sequence_masks
+from dpo_jax.layouts.prefix_shared import (branch_attention_mask, pair_specs_from_batch, prefix_shared_pair_logprobs,
                                     shared_batch_from_batch)
 from parity_tests.model_helpers import make_torch_model, perturb_
 
@@ -135,7 +134,7 @@ def test_loss_metrics_and_gradients_match_dpo_loss(scheme, loss_type, reduction,
 
     @jax.jit
     def shared_loss(params):
-        return packed_dpo_loss(nnx.merge(graphdef, params), reference, arrays, **options)
+        return batch_loss(nnx.merge(graphdef, params), reference, arrays, layout="prefix_shared", **options)
 
     @jax.jit
     def unshared_loss(params, sequences):

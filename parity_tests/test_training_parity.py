@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_jax.convert import from_torch, state_dict_from_model
+from dpo_jax.models.x_transformers.weights import from_torch, state_dict_from_model
 from dpo_jax.data import PreferenceDataset, PreferenceExample
 from dpo_jax.train import TrainConfig, init_train_state, make_train_step
 from dpo_torch import DPO

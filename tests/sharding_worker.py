@@ -21,10 +21,10 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from dpo_jax import sharding  # noqa: E402
-from dpo_jax import train as train_module  # noqa: E402
-from dpo_jax.checkpointing import Checkpointer  # noqa: E402
+from dpo_jax.train import step as train_module  # noqa: E402
+from dpo_jax.train import Checkpointer  # noqa: E402
 from dpo_jax.data import PreferenceDataset, PreferenceExample  # noqa: E402
-from dpo_jax.model import Transformer, TransformerConfig  # noqa: E402
+from dpo_jax.models.x_transformers import Transformer, TransformerConfig  # noqa: E402
 from dpo_jax.train import TrainConfig, init_train_state, make_train_step  # noqa: E402
 
 MODEL = TransformerConfig(num_tokens=32, max_seq_len=16, dim=64, depth=2, heads=4, attn_dim_head=16)
@@ -121,7 +121,7 @@ def check_bad_layouts():
     try:
         for batch_size, config in ((12, CONFIG), (16, CONFIG.replace(grad_accum=4)), (16, CONFIG.replace(grad_accum=3))):
             try:
-                sharding.make_sharded_train_step(graphdef, config, state, mesh, batch_size)
+                train_module.make_sharded_train_step(graphdef, config, state, mesh, batch_size)
             except ValueError as err:
                 errors[f"batch={batch_size},grad_accum={config.grad_accum}"] = str(err)
             else:
@@ -145,7 +145,7 @@ def main(out_path=None):
     for spec in MESHES:
         mesh = sharding.make_mesh(spec)
         graphdef, state = fresh_state()
-        state, step_fn = sharding.make_sharded_train_step(graphdef, CONFIG, state, mesh, BATCH)
+        state, step_fn = train_module.make_sharded_train_step(graphdef, CONFIG, state, mesh, BATCH)
         state, history = run_steps(step_fn, state, 0, FIRST, mesh)
         diffs = max_diffs(state, history, ref3, ref_hist3)
         check_close(spec, diffs)

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpo_jax.checkpointing import Checkpointer
-from dpo_jax.run import NonFiniteError, RunConfig, load_run_config, train
-from dpo_jax.run_files import read_metrics
+from dpo_jax.train import Checkpointer
+from dpo_jax.train import NonFiniteError, RunConfig, load_run_config, run as train
+from dpo_jax.train.outputs import read_metrics
 from dpo_jax.train import TrainConfig
 
 

@@ -32,8 +32,8 @@ def test_quick_demo_aligns_the_model_writes_every_file_and_policy_loads_in_torch
     import torch
     from safetensors.torch import load_file
 
-    from dpo_jax.checkpoint_io import load_safetensors
-    from dpo_jax.convert import build_torch_model
+    from dpo_jax.models.x_transformers.safetensors_file import load_safetensors
+    from dpo_jax.models.x_transformers.weights import build_torch_model
 
     policy = load_safetensors(out / "policy.safetensors")
     wrapper = build_torch_model(policy.config)

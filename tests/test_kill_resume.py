@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from dpo_jax.run_files import read_metrics
+from dpo_jax.train.outputs import read_metrics
 from tests.test_checkpointing import write_data
 
 TINY = ["--dim", "32", "--depth", "1", "--heads", "2", "--max-seq-len", "12", "--batch-size", "4",

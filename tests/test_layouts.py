@@ -4,9 +4,9 @@ give the same per-step losses; packing groups pairs differently, so it must run,
 import numpy as np
 import pytest
 
-from dpo_jax.layouts import LayoutBatches, validate_layout
-from dpo_jax.run import RunConfig, train
-from dpo_jax.run_files import read_metrics
+from dpo_jax.layouts import layout_batches, validate_layout
+from dpo_jax.train import RunConfig, run as train
+from dpo_jax.train.outputs import read_metrics
 from dpo_jax.train import TrainConfig
 from tests.test_checkpointing import write_data
 
@@ -42,8 +42,8 @@ def test_packed_batches_are_random_access_across_epochs(tmp_path):
 
     examples = read_preference_jsonl(write_data(tmp_path / "data.jsonl"), ByteTokenizer())
     options = dict(batch_size=4, seed=3, max_len=12, pad_id=256, mask_alignment="next_token", rows=2)
-    walked = LayoutBatches("packed", examples, **options)
-    fresh = LayoutBatches("packed", examples, **options)
+    walked = layout_batches("packed", examples, **options)
+    fresh = layout_batches("packed", examples, **options)
     sequence = [walked.get_batch(step)[0] for step in range(12)]  # crosses epoch boundaries
     for step in (11, 0, 7):
         for key, value in fresh.get_batch(step)[0].items():

@@ -8,7 +8,7 @@ import torch
 from flax import nnx
 
 from dpo_jax import Transformer, TransformerConfig
-from dpo_jax.model import validate_mask, validate_tokens
+from dpo_jax.models.validation import validate_mask, validate_tokens
 
 CONFIG = TransformerConfig(num_tokens=50, max_seq_len=8, dim=16, depth=1, heads=2, attn_dim_head=8)
 
@@ -24,7 +24,7 @@ def test_out_of_vocab_token_names_value_and_position(model):
     with pytest.raises(ValueError, match=r"50.*\(1, 2\)"):
         model(tokens)
     with pytest.raises(ValueError, match="-1"):
-        validate_tokens(np.array([[0, -1]]), CONFIG)
+        validate_tokens(np.array([[0, -1]]), vocab_size=CONFIG.num_tokens, max_seq_len=CONFIG.max_seq_len)
 
 
 def test_too_long_names_both_lengths(model):

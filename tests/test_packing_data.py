@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dpo_jax.data import PreferenceExample, collate_pairs
-from dpo_jax.packing import PackedDataset, first_fit, pack_examples, pair_spec_from_example
+from dpo_jax.layouts.packed import PackedDataset, first_fit, pack_examples, pair_spec_from_example
 
 
 def examples(n=40, seed=0, max_part=20):
@@ -67,7 +67,7 @@ def test_refusals():
     with pytest.raises(ValueError, match="prompt of at least one token"):
         pair_spec_from_example(PreferenceExample([], [1], [2]), max_len=8)
     with pytest.raises(ValueError, match="slot"):
-        from dpo_jax.prefix_sharing import layout_pairs
+        from dpo_jax.layouts.prefix_shared import layout_pairs
         spec = pair_spec_from_example(examples(1)[0], max_len=64)
         layout_pairs([spec], [[(0, 0), (0, 0)]], row_len=200, num_pairs=1)
     assert pack_examples(examples(3), row_len=64, rows=1, pairs_per_batch=1, max_len=32)[0].num_pairs == 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dpo_jax.model import Transformer, TransformerConfig
+from dpo_jax.models.x_transformers import Transformer, TransformerConfig
 from dpo_jax.sampling import sample
 
 CONFIG = TransformerConfig(num_tokens=11, max_seq_len=12, dim=32, depth=1, heads=2, attn_dim_head=16)

@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from dpo_jax.data import PreferenceDataset, PreferenceExample
-from dpo_jax.model import Transformer, TransformerConfig
-from dpo_jax.optim import make_schedule
-from dpo_jax.reference import ReferenceCache, batch_key
+from dpo_jax.models.x_transformers import Transformer, TransformerConfig
+from dpo_jax.train.optim import make_schedule
+from dpo_jax.train.reference import ReferenceCache, batch_key
 from dpo_jax.train import (TrainConfig, init_train_state, make_eval_loss, make_train_step, sync_reference)
 
 MODEL = TransformerConfig(num_tokens=16, max_seq_len=16, dim=32, depth=1, heads=2, attn_dim_head=16)

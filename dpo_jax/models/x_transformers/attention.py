@@ -1,7 +1,9 @@
-"""Causal self-attention with x-transformers' masking, GQA, qk-norm, memory key/values and biases.
+"""x-transformers' `Attention`: projections, GQA, qk-norm and memory key/values around `ops.attention.attend`.
 
-Masks use the finite fill -finfo(float32).max, never -inf: a fully masked padding row then stays
-finite instead of turning into NaN that would leak into real tokens through the next layer.
+The attention math itself (scores, masks, softmax) is `dpo_jax.ops.attention.attend`, as x-transformers keeps
+it in `Attend`; this module holds what is particular to x-transformers: its projections, qk-norm with its
+scale of 10, memory key/values seen by every query, query head h reading kv head h % kv_heads, and the
+pre-softmax scores handed to the next layer for residual attention.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 from flax import nnx
 
-from dpo_jax.model.layers import Linear, l2norm
-from dpo_jax.model.positional import apply_rotary
+from dpo_jax.models.x_transformers.layers import Linear, l2norm
+from dpo_jax.models.x_transformers.positional import apply_rotary
+from dpo_jax.ops.attention import AttentionMask, attend
 
-MASK_VALUE = -float(jnp.finfo(jnp.float32).max)
 QK_NORM_SCALE = 10.0  # x-transformers' qk_norm_scale default
 
 
@@ -55,14 +57,16 @@ class Attention(nnx.Module):
             t = t * scale_param[...].astype(t.dtype)
         return t
 
-    def __call__(self, x, *, mask=None, attn_mask=None, rotary_angles=None, attn_bias=None, prev_attn=None):
+    def __call__(self, x, *, attention: AttentionMask, zero_queries=None, rotary_angles=None, attn_bias=None,
+                 prev_attn=None, backend="xla"):
         """x [B, N, D] -> (out [B, N, D], pre-softmax scores [B, H, N, M+N] for residual_attn).
 
-        mask [B, N] bool: key padding and, as in x-transformers, zeroes the output at masked queries.
-        attn_mask [B, N, N] bool (True = may attend) is AND-ed with the causal mask.
-        attn_bias [B or 1, H, N, N] (alibi or T5) is added after scaling; memory keys get 0 bias.
+        attention: which keys each query sees (`AttentionMask`; the causal rule is off for a single query,
+        as x-transformers does for kv-cache decoding). zero_queries [B, N] bool: x-transformers' `mask`
+        also zeroes the output at masked query positions. attn_bias [B or 1, H, N, N] (alibi or T5) is added
+        after scaling; memory keys get 0 bias.
         """
-        batch, n = x.shape[:2]
+        batch = x.shape[0]
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
         k = rearrange(self.to_k(x), "b n (h d) -> b h n d", h=self.kv_heads)
         v = rearrange(self.to_v(x), "b n (h d) -> b h n d", h=self.kv_heads)
@@ -84,39 +88,12 @@ class Attention(nnx.Module):
             v = jnp.concatenate((mem_v, v), axis=2)
 
         # query head h reads kv head h % kv_heads (einops tile), not the Hugging Face h // groups
-        if self.kv_heads != self.heads:
-            k, v = (repeat(t, "b kvh j d -> b (r kvh) j d", r=self.heads // self.kv_heads) for t in (k, v))
-
-        sim = jnp.einsum("bhid,bhjd->bhij", q, k, preferred_element_type=jnp.float32) * self.scale
-        if prev_attn is not None:
-            sim = sim + prev_attn
-        if attn_bias is not None:
-            sim = sim + jnp.pad(attn_bias, ((0, 0), (0, 0), (0, 0), (mem, 0)))
-
-        # key padding and the extra attention mask (memory keys are always visible)
-        allowed = None
-        if mask is not None:
-            allowed = jnp.pad(mask, ((0, 0), (mem, 0)), constant_values=True)[:, None, None, :]
-        if attn_mask is not None:
-            extra = jnp.pad(attn_mask, ((0, 0), (0, 0), (mem, 0)), constant_values=True)[:, None]
-            allowed = extra if allowed is None else allowed & extra
-        if allowed is not None:
-            sim = jnp.where(allowed, sim, MASK_VALUE)
-        # x-transformers turns the causal mask off for a single query (kv-cache decoding)
-        if n > 1:
-            causal = jnp.triu(jnp.ones((n, n + mem), dtype=bool), k=mem + 1)
-            sim = jnp.where(causal, MASK_VALUE, sim)
-
-        pre_softmax_attn = sim
-        attn = jax.nn.softmax(sim, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhij,bhjd->bhid", attn, v)
-        if allowed is not None:
-            row_has_key = jnp.any(allowed, axis=-1, keepdims=True)  # judged without the causal mask
-            out = jnp.where(row_has_key, out, 0.0)
+        out, scores = attend(q, k, v, mask=attention, scale=self.scale, bias=attn_bias, prev_scores=prev_attn,
+                             num_prefix_keys=mem, kv_layout="tiled", return_scores=True, backend=backend)
 
         out = rearrange(out, "b h n d -> b n (h d)")
         if self.to_out is not None:
             out = self.to_out(out)
-        if mask is not None:
-            out = jnp.where(mask[..., None], out, 0.0)
-        return out, pre_softmax_attn
+        if zero_queries is not None:
+            out = jnp.where(zero_queries[..., None], out, 0.0)
+        return out, scores

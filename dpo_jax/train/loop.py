@@ -1,6 +1,6 @@
-"""`train(run_config)`: the whole DPO run - models, data, jitted step, logging, checkpoints, final files.
+"""`run(run_config)`: the whole DPO run - models, data, jitted step, logging, checkpoints, final files.
 
-A run is resumable at any moment: batches are a pure function of (seed, step) (`layouts.LayoutBatches.get_batch`),
+A run is resumable at any moment: batches are a pure function of (seed, step) (the layout's `get_batch`),
 the TrainState (with its RNG) is checkpointed by orbax, and on resume metrics.jsonl is cut back to the
 checkpoint's step, so the resumed run logs exactly what an uninterrupted run would have. A non-finite loss or
 gradient norm stops the run (`NonFiniteError`) without saving: the last checkpoint stays the last good one.
@@ -20,13 +20,15 @@ import numpy as np
 from flax import nnx
 
 from dpo_jax import sharding
-from dpo_jax.checkpointing import Checkpointer
 from dpo_jax.data import read_preference_jsonl
-from dpo_jax.reference import ReferenceCache
-from dpo_jax.run_files import (POLICY_FILE, PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
-                               write_json)
-from dpo_jax.layouts import LayoutBatches, make_layout_train_step, validate_layout
-from dpo_jax.train import TrainConfig, init_train_state
+from dpo_jax.layouts import layout_batches, validate_layout
+from dpo_jax.train.checkpoint import Checkpointer
+from dpo_jax.train.config import TrainConfig
+from dpo_jax.train.outputs import (POLICY_FILE, PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
+                                   write_json)
+from dpo_jax.train.reference import ReferenceCache
+from dpo_jax.train.state import init_train_state
+from dpo_jax.train.step import make_train_step
 
 LOGGED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                   "logps/chosen", "logps/rejected", "grad_norm", "lr")
@@ -53,9 +55,9 @@ class RunConfig:
     depth: int = 2
     heads: int = 4
     max_seq_len: int = 128
-    init_from: str | None = None       # safetensors written by checkpoint_io.save_safetensors
+    init_from: str | None = None       # safetensors written by models.x_transformers.save_safetensors
     mesh: str | None = None            # "data=2,fsdp=4" (dpo_jax.sharding); None: every device on data
-    layout: str = "padded"             # padded | prefix_shared | packed (dpo_jax.layouts)
+    layout: str = "padded"             # padded | prefix_shared | packed (dpo_jax.layouts.LAYOUTS)
     row_len: int | None = None         # shared/packed row length; None: 2 * the task's max length
     rows: int | None = None            # packed rows per batch; None: batch_size
     quick: bool = False
@@ -106,7 +108,7 @@ class _Task:
 
 
 def _build_task(config: RunConfig) -> _Task:
-    from dpo_jax.checkpoint_io import load_safetensors
+    from dpo_jax.models.x_transformers.safetensors_file import load_safetensors
 
     if config.data is None:
         from dpo_jax.demo import build_demo  # imported late: the demo trains its SFT reference on demand
@@ -118,7 +120,7 @@ def _build_task(config: RunConfig) -> _Task:
             if not policy.config.same_architecture(demo.reference.config):
                 raise ValueError(f"--init-from {config.init_from}: architecture differs from the demo model")
         return _Task(policy, demo.reference, list(demo.train_examples), demo.pad_id, demo.max_len, demo)
-    from dpo_jax.model import Transformer, TransformerConfig
+    from dpo_jax.models.x_transformers import Transformer, TransformerConfig
     from dpo_jax.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(config.tokenizer)
@@ -155,9 +157,9 @@ def _train_step(graphdef, train_config: TrainConfig, mesh, state, layout):
     if key not in _STEPS:
         if len(_STEPS) >= 8:
             _STEPS.pop(next(iter(_STEPS)))
-        _STEPS[key] = make_layout_train_step(graphdef, train_config, layout,
-                                             state_shardings=sharding.state_shardings(state, mesh),
-                                             batch_shardings=sharding.batch_sharding(mesh))
+        _STEPS[key] = make_train_step(graphdef, train_config, layout=layout,
+                                      state_shardings=sharding.state_shardings(state, mesh),
+                                      batch_shardings=sharding.batch_sharding(mesh))
     return _STEPS[key]
 
 
@@ -181,7 +183,7 @@ class _Progress:
             self.bar.close()
 
 
-def train(config: RunConfig) -> dict:
+def run(config: RunConfig) -> dict:
     """Run (or resume) DPO training; returns the summary also written to summary.json."""
     mesh = sharding.make_mesh(config.mesh)  # layout errors first: before any file or compile
     sharding.validate_batch(config.batch_size, mesh, config.train.grad_accum, jax.process_count())
@@ -201,10 +203,10 @@ def train(config: RunConfig) -> dict:
     graphdef, state = init_train_state(task.policy, task.reference, train_config, seed=config.seed)
     state = sharding.shard_train_state(state, mesh)
     step_fn = _train_step(graphdef, train_config, mesh, state, config.layout)
-    batches = LayoutBatches(config.layout, task.examples, batch_size=config.batch_size, seed=config.seed,
-                            max_len=task.max_len, pad_id=task.pad_id, mask_alignment=train_config.mask_alignment,
-                            process_index=jax.process_index(), process_count=jax.process_count(),
-                            row_len=config.row_len, rows=config.rows)
+    batches = layout_batches(config.layout, task.examples, batch_size=config.batch_size, seed=config.seed,
+                             max_len=task.max_len, pad_id=task.pad_id, mask_alignment=train_config.mask_alignment,
+                             forward=train_config.forward, process_index=jax.process_index(),
+                             process_count=jax.process_count(), row_len=config.row_len, rows=config.rows)
 
     meta = {"seed": config.seed, "train_config": train_config.to_dict(),
             "model_config": json.loads(task.policy.config.to_json()), "run_config": config.to_dict()}
@@ -218,7 +220,7 @@ def train(config: RunConfig) -> dict:
 
     cache = None
     if train_config.precompute_ref and not train_config.reference_free:
-        cache = ReferenceCache(graphdef, nnx.split(task.reference, nnx.Param)[1], train_config)
+        cache = ReferenceCache(graphdef, nnx.split(task.reference, nnx.Param)[1], train_config, config.layout)
         cache.precompute(batches.get_batch(s)[0] for s in range(start, num_steps))
 
     progress = _Progress(config.progress, start, num_steps)
@@ -255,7 +257,7 @@ def train(config: RunConfig) -> dict:
         progress.close()
 
     policy = _merged(graphdef, sharding.gather_replicated(state.params, mesh))
-    from dpo_jax.checkpoint_io import save_safetensors
+    from dpo_jax.models.x_transformers.safetensors_file import save_safetensors
 
     if primary:
         save_safetensors(policy, os.path.join(run_dir, POLICY_FILE))

@@ -1,6 +1,6 @@
 """Packing: several (prefix-shared) pairs per row, no padding between them, a fixed number of pair slots.
 
-Each pair is one segment ([prompt, chosen, rejected], see `dpo_jax.prefix_sharing`), or two segments
+Each pair is one segment ([prompt, chosen, rejected], see `layouts/prefix_shared.py`), or two segments
 ([prompt, chosen], [prompt, rejected]) with `share_prefix=False`. Attention never crosses segments
 (segment ids in the mask built inside jit), positions restart per segment, and per-sequence log-probs are
 segment-summed into K static pair slots; empty slots carry `pair_valid=False` and weigh 0 in the loss and
@@ -14,19 +14,17 @@ order of the batches.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from dpo_jax.data import PreferenceExample, _check_collate_options, _truncated_lengths
-from dpo_jax.dpo import validate_options
-from dpo_jax.losses import REFERENCE_FREE_LOSSES, pair_losses, validate_loss_options
-from dpo_jax.prefix_sharing import PairSpec, SharedBatch, _check_alignment, layout_pairs, prefix_shared_pair_logprobs
+from dpo_jax.data import PreferenceExample, check_collate_options, truncated_lengths
+from dpo_jax.forward import ForwardOptions
+from dpo_jax.layouts.prefix_shared import PairSpec, PrefixSharedLayout, SharedBatch, layout_pairs, with_score_index
 
-__all__ = ["pair_spec_from_example", "first_fit", "pack_examples", "PackedDataset", "weighted_preference_loss",
-           "packed_dpo_loss", "make_packed_loss_fn", "make_packed_train_step"]
+__all__ = ["pair_spec_from_example", "first_fit", "layout_plan", "pack_examples", "PackedDataset", "PackedLayout",
+           "PackedBatches"]
 
 
 # ------------------------------------------------------------------------------------------ host side
@@ -39,7 +37,7 @@ def pair_spec_from_example(example: PreferenceExample, *, max_len: int, truncati
     the padded batch is wider than the row, which depends on the other examples of a padded batch; build
     from the padded batch instead (`prefix_sharing.pair_specs_from_batch`).
     """
-    p, c, r = _truncated_lengths(example, max_len, truncation, min_completion_tokens)
+    p, c, r = truncated_lengths(example, max_len, truncation, min_completion_tokens)
     if p < 1:
         raise ValueError(f"{example.where()}: prefix sharing and packing need a prompt of at least one token")
     prompt = np.asarray(example.prompt[len(example.prompt) - p:], np.int32)
@@ -73,7 +71,8 @@ def first_fit(lengths: Sequence[int], *, row_len: int, rows: int, pairs_per_batc
     return batches
 
 
-def _layout(specs, batch_rows, *, row_len, pairs_per_batch, share_prefix):
+def layout_plan(specs, batch_rows, *, row_len, pairs_per_batch, share_prefix=True) -> SharedBatch:
+    """The SharedBatch of one planned batch: `batch_rows[r]` lists the spec indices packed into row r."""
     slot, rows_of_pairs = 0, []
     for row in batch_rows:
         rows_of_pairs.append([(slot + i, index) for i, index in enumerate(row)])
@@ -85,12 +84,12 @@ def pack_examples(examples: Sequence[PreferenceExample], *, row_len: int, rows: 
                   max_len: int, share_prefix: bool = True, truncation: str = "keep_start",
                   min_completion_tokens: int = 1) -> list[SharedBatch]:
     """Pack examples in their given order (no shuffling or sorting) into SharedBatches of fixed shapes."""
-    _check_collate_options(max_len, truncation, min_completion_tokens, 1)
+    check_collate_options(max_len, truncation, min_completion_tokens, 1)
     specs = [pair_spec_from_example(ex, max_len=max_len, truncation=truncation,
                                     min_completion_tokens=min_completion_tokens) for ex in examples]
     plan = first_fit([s.length(share_prefix) for s in specs], row_len=row_len, rows=rows,
                      pairs_per_batch=pairs_per_batch)
-    return [_layout(specs, b, row_len=row_len, pairs_per_batch=pairs_per_batch, share_prefix=share_prefix)
+    return [layout_plan(specs, b, row_len=row_len, pairs_per_batch=pairs_per_batch, share_prefix=share_prefix)
             for b in plan]
 
 
@@ -103,7 +102,7 @@ class PackedDataset:
     def __init__(self, examples: Sequence[PreferenceExample], *, row_len: int, rows: int, pairs_per_batch: int,
                  seed: int, max_len: int, share_prefix: bool = True, shuffle: bool = True,
                  length_window: int | None = None, truncation: str = "keep_start", min_completion_tokens: int = 1):
-        _check_collate_options(max_len, truncation, min_completion_tokens, 1)
+        check_collate_options(max_len, truncation, min_completion_tokens, 1)
         for name, value in (("row_len", row_len), ("rows", rows), ("pairs_per_batch", pairs_per_batch)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -134,98 +133,47 @@ class PackedDataset:
             plan = [plan[i] for i in rng.permutation(len(plan))]
         return plan
 
+    def layout(self, batch_rows) -> SharedBatch:
+        """The SharedBatch of one batch of `epoch_plan`."""
+        return layout_plan(self.specs, batch_rows, row_len=self.row_len, pairs_per_batch=self.pairs_per_batch,
+                           share_prefix=self.share_prefix)
+
     def epoch(self, epoch: int = 0):
         for batch_rows in self.epoch_plan(epoch):
-            yield _layout(self.specs, batch_rows, row_len=self.row_len, pairs_per_batch=self.pairs_per_batch,
-                          share_prefix=self.share_prefix)
+            yield self.layout(batch_rows)
 
 
-# --------------------------------------------------------------------------------------------- loss
+# --------------------------------------------------------------------------------------------- layout
 
-def _weighted_mean(values, weights, total):
-    return (values * weights).sum() / total
+@dataclasses.dataclass(frozen=True)
+class PackedLayout(PrefixSharedLayout):
+    """Several prefix-shared pairs per row, first-fit by length, K pair slots per batch (empty ones weigh 0)."""
+    name: str = "packed"
 
-
-def weighted_preference_loss(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *, weights,
-                             beta=0.1, loss_type="sigmoid", label_smoothing=0.0, divergence="reverse_kl",
-                             alpha=0.5, gamma=0.5):
-    """`dpo_jax.losses.preference_loss` with per-pair weights (1 valid slot, 0 empty): weighted means of the
-    per-pair losses (`pair_losses`) and of the same TRL metrics; equal to it on the valid pairs alone."""
-    validate_loss_options(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, divergence=divergence,
-                          alpha=alpha, gamma=gamma, has_reference=ref_chosen is not None)
-    if loss_type in REFERENCE_FREE_LOSSES:
-        ref_chosen = ref_rejected = None
-    weights = weights.astype(jnp.float32)
-    total = jnp.maximum(weights.sum(), 1.0)
-    losses = pair_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta, loss_type=loss_type,
-                         label_smoothing=label_smoothing, divergence=divergence, alpha=alpha, gamma=gamma)
-    loss = _weighted_mean(jnp.where(weights > 0, losses, 0.0), weights, total)
-    stop = jax.lax.stop_gradient
-    chosen, rejected = stop(policy_chosen), stop(policy_rejected)
-    chosen_rewards, rejected_rewards = beta * chosen, beta * rejected
-    if ref_chosen is not None:
-        chosen_rewards, rejected_rewards = beta * (chosen - stop(ref_chosen)), beta * (rejected - stop(ref_rejected))
-    mean = lambda x: _weighted_mean(x, weights, total)  # noqa: E731
-    metrics = {
-        "rewards/chosen": mean(chosen_rewards),
-        "rewards/rejected": mean(rejected_rewards),
-        "rewards/accuracies": mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
-        "rewards/margins": mean(chosen_rewards - rejected_rewards),
-        "logps/chosen": mean(chosen),
-        "logps/rejected": mean(rejected),
-        "loss": stop(loss),
-    }
-    return loss, metrics
+    def batches(self, examples, *, batch_size, seed, max_len, pad_id, forward=None, row_len=None, rows=None, **_):
+        if self.mask_alignment != "next_token":
+            raise ValueError("packing builds its pairs from examples, which only the 'next_token' alignment "
+                             "scores independently of the batch: use --layout prefix_shared or padded")
+        return PackedBatches(examples, row_len=row_len or 2 * max_len, rows=rows or batch_size,
+                             pairs_per_batch=batch_size, seed=seed, max_len=max_len, forward=forward)
 
 
-def packed_dpo_loss(policy, reference, packed_batch, *, beta=0.1, loss_type="sigmoid", reduction="mean",
-                    mask_alignment="next_token", label_smoothing=0.0, divergence="reverse_kl", alpha=0.5, gamma=0.5):
-    """DPO loss and metrics of a SharedBatch (prefix-shared and/or packed); equals `dpo_loss` on the same pairs.
+class PackedBatches:
+    """Random access to a run's packed batches: epoch plans are computed as steps reach them."""
 
-    `reference`: a model, `ReferenceLogps` [K] in slot order, or None (reference-free losses).
-    """
-    validate_options(beta=beta, loss_type=loss_type, reduction=reduction, mask_alignment=mask_alignment,
-                     label_smoothing=label_smoothing, divergence=divergence, alpha=alpha, gamma=gamma,
-                     has_reference=reference is not None)
-    _check_alignment(packed_batch, mask_alignment)
-    arrays = packed_batch.as_dict() if isinstance(packed_batch, SharedBatch) else packed_batch
-    chosen, rejected = prefix_shared_pair_logprobs(policy, arrays, reduction=reduction)
-    ref_chosen = ref_rejected = None
-    if isinstance(reference, tuple):
-        ref_chosen, ref_rejected = (jax.lax.stop_gradient(jnp.asarray(x)) for x in reference)
-    elif reference is not None:
-        ref_chosen, ref_rejected = prefix_shared_pair_logprobs(reference, arrays, reduction=reduction)
-        ref_chosen, ref_rejected = jax.lax.stop_gradient(ref_chosen), jax.lax.stop_gradient(ref_rejected)
-    return weighted_preference_loss(chosen, rejected, ref_chosen, ref_rejected,
-                                    weights=jnp.asarray(arrays["pair_valid"]), beta=beta, loss_type=loss_type,
-                                    label_smoothing=label_smoothing, divergence=divergence, alpha=alpha, gamma=gamma)
+    def __init__(self, examples, *, row_len, rows, pairs_per_batch, seed, max_len, forward=None):
+        self.forward = ForwardOptions.of(forward)
+        self.packed = PackedDataset(examples, row_len=row_len, rows=rows, pairs_per_batch=pairs_per_batch, seed=seed,
+                                    max_len=max_len)
+        self.plans = []
 
-
-# --------------------------------------------------------------------------------------- train step
-
-def make_packed_loss_fn(graphdef, config):
-    """loss_fn(params, ref_params, batch) -> (loss, metrics) like `train.make_loss_fn`, for SharedBatch dicts
-    (plus `ref_chosen_logps`/`ref_rejected_logps` [K] when the reference is precomputed)."""
-    from dpo_jax.train import policy_and_reference
-
-    def loss_fn(params, ref_params, batch):
-        policy, reference = policy_and_reference(graphdef, config, params, ref_params, batch)
-        arrays = {k: v for k, v in batch.items() if k in SharedBatch.ARRAY_KEYS}
-        return packed_dpo_loss(policy, reference, arrays, beta=config.beta, loss_type=config.loss_type,
-                               reduction=config.reduction, mask_alignment=config.mask_alignment,
-                               label_smoothing=config.label_smoothing, divergence=config.divergence,
-                               alpha=config.alpha, gamma=config.gamma)
-    return loss_fn
-
-
-def make_packed_train_step(graphdef, config, *, donate=True):
-    """Jitted step(state, shared_batch_dict) -> (state, metrics): `train.make_train_step` for packed batches.
-
-    Same TrainState, optimizer, schedule, reference sync and non-finite refusal; grad_accum must be 1 (pack
-    more pairs per batch instead).
-    """
-    from dpo_jax.train import make_train_step
-
-    if config.grad_accum != 1:
-        raise NotImplementedError("packed batches: grad_accum must be 1 (raise pairs_per_batch instead)")
-    return make_train_step(graphdef, config, donate=donate, loss_fn=make_packed_loss_fn(graphdef, config))
+    def get_batch(self, step):
+        epoch = 0
+        while True:
+            if epoch == len(self.plans):
+                self.plans.append(self.packed.epoch_plan(epoch))
+            if step < len(self.plans[epoch]):
+                shared = self.packed.layout(self.plans[epoch][step])
+                return with_score_index(shared.as_dict(), self.forward), shared.num_scored_tokens()
+            step -= len(self.plans[epoch])
+            epoch += 1

@@ -1,4 +1,5 @@
-"""Host-side checks of model inputs, run before jit so that JAX never clamps a bad index silently.
+"""Host-side checks of model inputs, shared by every family, run before jit so that JAX never clamps a bad
+index silently.
 
 JAX indexing clamps out-of-range ids instead of failing; an out-of-vocabulary token would then score
 as another token without any error. These checks run on concrete arrays only (numpy, jax, torch).
@@ -25,22 +26,24 @@ def to_numpy(x, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be an array, got {type(x).__name__}") from error
 
 
-def validate_tokens(tokens, config, name: str = "tokens") -> None:
-    """tokens: 2-D integer ids in [0, num_tokens), at most max_seq_len long."""
+def validate_tokens(tokens, *, vocab_size: int | None, max_seq_len: int | None, name: str = "tokens") -> None:
+    """tokens: 2-D integer ids in [0, vocab_size), at most max_seq_len long (None: that check is skipped)."""
     array = to_numpy(tokens, name)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D [batch, seq], got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"{name} must have an integer dtype, got {array.dtype}")
-    if array.shape[1] > config.max_seq_len:
+    if max_seq_len is not None and array.shape[1] > max_seq_len:
         raise ValueError(
-            f"{name} has sequence length {array.shape[1]}, longer than max_seq_len {config.max_seq_len}")
-    bad = (array < 0) | (array >= config.num_tokens)
+            f"{name} has sequence length {array.shape[1]}, longer than max_seq_len {max_seq_len}")
+    if vocab_size is None:
+        return
+    bad = (array < 0) | (array >= vocab_size)
     if bad.any():
         position = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
             f"{name} contains id {int(array[position])} at position {position}, outside the vocabulary "
-            f"[0, {config.num_tokens})")
+            f"[0, {vocab_size})")
 
 
 def validate_mask(mask, shape, name: str = "mask") -> None:

@@ -2,11 +2,11 @@
 
 Every layout trains on the same examples (each exactly once per epoch) with the project's own train steps:
 `dpo_jax.train.make_train_step` on `PreferenceDataset` batches (padded to the batch's longest row, rounded
-up to --pad-multiple so only a few shapes compile), and `dpo_jax.packing.make_packed_train_step` on
+up to --pad-multiple so only a few shapes compile), and the same factory with `layout="packed"` on
 `PackedDataset` batches (one fixed shape). Warm-up epoch first (compiles every shape), then the median of
 --repeats timed epochs. tokens/s counts scored (completion) tokens, identical for every layout.
 
-    python -m benchmarks.packing_mixed --out benchmarks/results/cpu-2core_packing-mixed.json
+    python -m benchmarks.studies.packing_mixed --out benchmarks/results/cpu-2core_packing-mixed.json
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import numpy as np
 from flax import nnx
 
 from dpo_jax.data import PreferenceDataset, PreferenceExample
-from dpo_jax.model import Transformer
-from dpo_jax.model.config import TransformerConfig
-from dpo_jax.packing import PackedDataset, make_packed_train_step
+from dpo_jax.models.x_transformers import Transformer
+from dpo_jax.models.x_transformers.config import TransformerConfig
+from dpo_jax.layouts.packed import PackedDataset
+from dpo_jax.layouts.prefix_shared import with_score_index
 from dpo_jax.train import TrainConfig, init_train_state, make_train_step
 
 
@@ -79,17 +80,17 @@ def main():
 
     padded = list(PreferenceDataset(examples, batch_size=args.batch_size, seed=0, max_len=max_len, pad_id=0,
                                     drop_last=False, pad_to_multiple_of=args.pad_multiple).epoch(0))
-    layouts = {"padded": ([b.as_dict() for b in padded], make_train_step)}
+    layouts = {"padded": ([b.as_dict() for b in padded], "padded")}
     for name, share in (("packed", False), ("packed_prefix_sharing", True)):
         data = PackedDataset(examples, row_len=args.row_len, rows=args.rows, pairs_per_batch=args.pairs_per_batch,
                              seed=0, max_len=max_len, share_prefix=share)
-        layouts[name] = ([b.as_dict() for b in data.epoch(0)], make_packed_train_step)
+        layouts[name] = ([with_score_index(b.as_dict(), train_config.forward) for b in data.epoch(0)], "packed")
 
     scored = sum(len(e.chosen) + len(e.rejected) for e in examples)
     results = {}
-    for name, (batches, make_step) in layouts.items():
+    for name, (batches, layout) in layouts.items():
         graphdef, state = init_train_state(Transformer(model_config, rngs=nnx.Rngs(0)), None, train_config)
-        step = make_step(graphdef, train_config, donate=False)
+        step = make_train_step(graphdef, train_config, layout=layout, donate=False)
         median, times = time_epochs(step, state, batches, args.repeats)
         slots = sum(2 * b["preferred_seq"].size if name == "padded" else b["tokens"].size for b in batches)
         results[name] = dict(batches=len(batches), token_slots=slots, epoch_s=median, epoch_times_s=times,

@@ -15,14 +15,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from dpo_jax.dpo import reference_logprobs
-from dpo_jax.train import SEQUENCE_KEYS, TrainConfig, cast_for_compute, compute_graphdef
+from dpo_jax.layouts.padded import SEQUENCE_KEYS
+from dpo_jax.train.config import TrainConfig
+from dpo_jax.train.step import layout_of
+
+__all__ = ["batch_key", "make_reference_fn", "ReferenceCache"]
 
 
-def batch_key(batch) -> str:
-    """sha256 over the shapes, dtypes and bytes of the token and mask arrays of a batch dict."""
+def batch_key(batch, keys=SEQUENCE_KEYS) -> str:
+    """sha256 over the shapes, dtypes and bytes of a batch dict's arrays `keys` (tokens and masks)."""
     digest = hashlib.sha256()
-    for key in SEQUENCE_KEYS:
+    for key in keys:
         value = batch.get(key)
         if value is None:
             digest.update(f"{key}:none;".encode())
@@ -33,16 +36,14 @@ def batch_key(batch) -> str:
     return digest.hexdigest()
 
 
-def make_reference_fn(graphdef, config: TrainConfig):
-    """Jitted (ref_params, batch) -> (chosen [B], rejected [B]) with the loss's reduction and alignment."""
+def make_reference_fn(graphdef, config: TrainConfig, layout="padded"):
+    """Jitted (ref_params, batch) -> (chosen [K], rejected [K]) with the loss's reduction, alignment and forward
+    options, on `layout`'s batches."""
+    layout = layout_of(config, layout)
+
     def reference_fn(ref_params, batch):
-        model = nnx.merge(compute_graphdef(graphdef, ref_params, config.bf16),
-                          cast_for_compute(ref_params, config.bf16))
-        logps = reference_logprobs(model, batch["preferred_seq"], batch["unpreferred_seq"],
-                                   prompt_mask=batch["prompt_mask"],
-                                   preferred_seq_mask=batch.get("preferred_seq_mask"),
-                                   unpreferred_seq_mask=batch.get("unpreferred_seq_mask"), pad_id=config.pad_id,
-                                   reduction=config.reduction, mask_alignment=config.mask_alignment)
+        logps = layout.pair_logprobs(nnx.merge(graphdef, ref_params), batch, reduction=config.reduction,
+                                     forward=config.forward)
         return logps.chosen, logps.rejected
     return jax.jit(reference_fn)
 
@@ -50,8 +51,9 @@ def make_reference_fn(graphdef, config: TrainConfig):
 class ReferenceCache:
     """In-memory map batch hash -> (chosen, rejected) reference log-probs (numpy float32 [B])."""
 
-    def __init__(self, graphdef, ref_params, config: TrainConfig):
-        self._fn = make_reference_fn(graphdef, config)
+    def __init__(self, graphdef, ref_params, config: TrainConfig, layout="padded"):
+        self._layout = layout_of(config, layout)
+        self._fn = make_reference_fn(graphdef, config, self._layout)
         self._ref_params = ref_params
         self._table: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.misses = 0
@@ -60,10 +62,11 @@ class ReferenceCache:
         return len(self._table)
 
     def lookup(self, batch) -> tuple[np.ndarray, np.ndarray]:
-        key = batch_key(batch)
+        keys = tuple(key for key in self._layout.keys if key in batch)
+        key = batch_key(batch, keys)
         if key not in self._table:
             self.misses += 1
-            chosen, rejected = self._fn(self._ref_params, {k: batch[k] for k in SEQUENCE_KEYS if k in batch})
+            chosen, rejected = self._fn(self._ref_params, {k: batch[k] for k in keys})
             self._table[key] = (np.asarray(chosen), np.asarray(rejected))
         return self._table[key]
 

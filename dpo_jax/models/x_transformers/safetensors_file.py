@@ -13,8 +13,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from dpo_jax.convert import model_from_state_dict, state_dict_from_model
-from dpo_jax.model.config import TransformerConfig
+from dpo_jax.models.x_transformers.weights import model_from_state_dict, state_dict_from_model
+from dpo_jax.models.x_transformers.config import TransformerConfig
 
 CONFIG_METADATA_KEY = "dpo_jax_config"
 

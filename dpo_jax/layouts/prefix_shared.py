@@ -1,13 +1,13 @@
 """Prefix sharing: score chosen and rejected of a pair from ONE forward pass over [prompt, chosen, rejected].
 
-Layout of one pair (one "segment"; `dpo_jax.packing` puts several per row):
+Layout of one pair (one "segment"; `layouts/packed.py` puts several per row):
 
     tokens     p0 p1 .. p(P-1) | c0 .. c(k-1)     | r0 .. r(m-1)
     positions  0  1  .. P-1    | P  .. P+k-1      | P  .. P+m-1      (rejected restarts where the prompt ends)
     branch     0  0  .. 0      | 1  .. 1          | 2  .. 2
 
-Attention (built inside jit from segment and branch ids, AND-ed with the model's causal mask): a query sees a
-key of the same segment whose branch is 0 (prompt) or its own branch, so the rejected branch never sees the
+Attention (the segment and branch ids go to the model as an `ops.attention.AttentionMask`, AND-ed with the
+causal rule): a query sees a key of the same segment whose branch is 0 (prompt) or its own branch, so the rejected branch never sees the
 chosen tokens and every token sees exactly the context, at exactly the positions, it has in the unshared
 [prompt, completion] row. Every positional scheme sees only positions (learned table, rotary, alibi and T5
 all use pos or pos_j - pos_i), so the per-token logits are the unshared ones.
@@ -17,11 +17,13 @@ logits at the prompt's last position already are that prediction, so rejected to
 same logit row with a second target (`extra_targets`): one token less per pair, same numbers.
 A branch holds only the tokens that serve as context for a scored token (the unshared path also drops the
 last token: it runs the model on seq[:, :-1]); the scored (source, target) pairs are taken from the unshared
-scored mask itself (`dpo_jax.dpo.sequence_masks`), so both mask alignments are reproduced exactly, including
+scored mask itself (`layouts.padded.sequence_masks`), so both mask alignments are reproduced exactly, including
 x-transformers' scoring of the first pad after the response (it is a target, never an input).
 
 Per-sequence log-probs are `segment_sum`s of token log-probs into 2K+1 buckets (chosen slot k -> k,
-rejected slot k -> K + k, unscored -> 2K); mean = sum / count, exactly `masked_mean`.
+rejected slot k -> K + k, unscored -> 2K); mean = sum / count, exactly `masked_mean`. Only the positions
+that score something reach the head (`score_index` [R, W], built on the host), through the chunked head when
+the vocabulary is large: the [R, L, V] logits are never built.
 """
 
 from __future__ import annotations
@@ -33,14 +35,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpo_jax.dpo import sequence_masks
+from dpo_jax.forward import ForwardOptions
+from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_logprobs
+from dpo_jax.layouts.padded import PaddedBatches, sequence_masks
 from dpo_jax.logprobs import MASK_ALIGNMENTS, REDUCTIONS
+from dpo_jax.models.base import check_layout
+from dpo_jax.models.precision import with_compute_dtype
+from dpo_jax.ops.attention import PROMPT_BRANCH, AttentionMask
 
 __all__ = ["PairSpec", "SharedBatch", "pair_specs_from_batch", "layout_pairs", "shared_batch_from_batch",
            "branch_attention_mask", "shared_sequence_logprobs", "prefix_shared_pair_logprobs",
-           "check_model_supported"]
+           "shared_score_index", "PrefixSharedLayout", "SHARED_KEYS"]
 
-PROMPT, CHOSEN, REJECTED = 0, 1, 2
+PROMPT, CHOSEN, REJECTED = PROMPT_BRANCH, 1, 2
 PAD_SEGMENT = -1
 
 
@@ -229,33 +236,42 @@ def shared_batch_from_batch(preferred_seq, unpreferred_seq, *, prompt_mask, pref
                         mask_alignment=mask_alignment)
 
 
+def shared_score_index(arrays, *, bucket: int | None = None) -> np.ndarray:
+    """Host side: [R, W] positions of each row that score a token (owner or extra owner set), W bucketed.
+
+    A row with fewer scored positions than W repeats one of its unscored positions (its owners are "none",
+    so it adds nothing); W == L when a row scores every position.
+    """
+    none = 2 * np.asarray(arrays["pair_valid"]).shape[0]
+    scored = (np.asarray(arrays["owners"]) != none) | (np.asarray(arrays["extra_owners"]) != none)
+    length = scored.shape[1]
+    needed = int(scored.sum(axis=1).max(initial=0))
+    window = bucketed(needed, length) if bucket is None else bucketed(needed, length, bucket)
+    index = np.zeros((scored.shape[0], window), np.int32)
+    for row, mask in enumerate(scored):
+        positions = np.flatnonzero(mask)
+        if len(positions) < window:
+            filler = np.flatnonzero(~mask)[0]
+            positions = np.concatenate([positions, np.full(window - len(positions), filler)])
+        index[row] = positions
+    return index
+
+
 # ------------------------------------------------------------------------------------------- device side
-
-def check_model_supported(config) -> None:
-    """Refuse what cannot be exact. Memory tokens only with the learned absolute table (the model itself
-    refuses custom positions with memory tokens and rotary/alibi/T5); everything else is position- or
-    mask-driven and exact (residual_attn adds the previous layer's scores of the same allowed (i, j))."""
-    if config.num_memory_tokens > 0 and (config.rotary_pos_emb or config.alibi_pos_bias or config.rel_pos_bias):
-        raise NotImplementedError("prefix sharing/packing with num_memory_tokens needs the learned absolute "
-                                  "positions: custom positions are undefined with rotary/alibi/rel_pos_bias")
-
 
 def branch_attention_mask(segment_ids, branch_ids):
     """[R, L, L] True where query i may attend key j: same segment, and key in the prompt or i's branch."""
-    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    key_branch, query_branch = branch_ids[:, None, :], branch_ids[:, :, None]
-    return same_segment & ((key_branch == PROMPT) | (key_branch == query_branch))
+    allowed = AttentionMask(segment_ids=segment_ids, branch_ids=branch_ids).allowed(segment_ids.shape[-1])
+    return jnp.broadcast_to(allowed, (segment_ids.shape[0],) + allowed.shape[1:])
 
 
-def shared_sequence_logprobs(logits, batch, num_pairs: int, reduction: str = "mean"):
-    """(chosen [K], rejected [K]) per-sequence log-probs from logits [R, L, V] of a shared batch (dict)."""
+def shared_sequence_logprobs(token_logps, owners, num_pairs: int, reduction: str = "mean"):
+    """(chosen [K], rejected [K]) per-sequence log-probs: `segment_sum` of token log-probs [..., 2] (target and
+    extra target of each position) by their owners [..., 2] into the 2K+1 buckets."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    gather = lambda t: jnp.take_along_axis(logits, jnp.asarray(t)[..., None], axis=-1)[..., 0] - lse  # noqa: E731
-    values = jnp.concatenate([gather(batch["targets"]).ravel(), gather(batch["extra_targets"]).ravel()])
-    owners = jnp.concatenate([jnp.asarray(batch["owners"]).ravel(), jnp.asarray(batch["extra_owners"]).ravel()])
+    values = jnp.concatenate([token_logps[..., 0].ravel(), token_logps[..., 1].ravel()])
+    owners = jnp.concatenate([owners[..., 0].ravel(), owners[..., 1].ravel()])
     buckets = 2 * num_pairs + 1
     sums = jax.ops.segment_sum(values, owners, num_segments=buckets)[:-1]
     if reduction == "mean":
@@ -270,7 +286,8 @@ def _as_arrays(shared_batch):
     return shared_batch
 
 
-def _check_alignment(shared_batch, mask_alignment):
+def check_alignment(shared_batch, mask_alignment):
+    """A SharedBatch fixes its alignment when its targets are chosen: another alignment is an error."""
     if mask_alignment is None or not isinstance(shared_batch, SharedBatch):
         return
     if shared_batch.mask_alignment != mask_alignment:
@@ -278,17 +295,83 @@ def _check_alignment(shared_batch, mask_alignment):
                          f"not {mask_alignment!r}; rebuild it (alignment is fixed when the targets are chosen)")
 
 
-def prefix_shared_pair_logprobs(model, shared_batch, *, reduction="mean", mask_alignment=None):
+def prefix_shared_pair_logprobs(model, shared_batch, *, reduction="mean", mask_alignment=None, **forward_options):
     """(chosen [K], rejected [K]) per-sequence log-probs from one forward over a SharedBatch (or its dict).
 
-    Equal to `dpo_jax.dpo.pair_sequence_logprobs` on the unshared batch (same reduction and alignment).
+    Equal to `layouts.padded.pair_sequence_logprobs` on the unshared batch (same reduction and alignment).
     Empty slots (pair_valid False) give 0. Called eagerly, rows longer than max_seq_len are refused by the
     model's own token check; under jit they are fine for rotary/alibi/T5 (positions stay < max_seq_len).
     """
-    check_model_supported(model.config)
-    _check_alignment(shared_batch, mask_alignment)
+    options = ForwardOptions.of(forward_options)
+    check_layout(model, "prefix_shared")
+    check_alignment(shared_batch, mask_alignment)
     arrays = _as_arrays(shared_batch)
     num_pairs = arrays["pair_valid"].shape[0]
-    attn_mask = branch_attention_mask(jnp.asarray(arrays["segment_ids"]), jnp.asarray(arrays["branch_ids"]))
-    logits = model(arrays["tokens"], positions=arrays["positions"], attn_mask=attn_mask)
-    return shared_sequence_logprobs(logits, arrays, num_pairs, reduction)
+    model = with_compute_dtype(model, options.compute_dtype)
+    positions = jnp.asarray(arrays["positions"])
+    attention = AttentionMask(segment_ids=jnp.asarray(arrays["segment_ids"]),
+                              branch_ids=jnp.asarray(arrays["branch_ids"]), positions=positions)
+    hidden = model.hidden_states(arrays["tokens"], positions=positions, attention=attention, remat=options.remat,
+                                 attention_backend=options.attention)
+    targets = jnp.stack([jnp.asarray(arrays["targets"]), jnp.asarray(arrays["extra_targets"])], axis=-1)
+    owners = jnp.stack([jnp.asarray(arrays["owners"]), jnp.asarray(arrays["extra_owners"])], axis=-1)
+    index = arrays.get("score_index") if options.score_positions == "scored" else None
+    if index is not None:
+        index = jnp.asarray(index)
+        owners = jnp.take_along_axis(owners, index[..., None], axis=1)
+    token_logps = scored_head_logprobs(model, hidden, targets, index, options)
+    return shared_sequence_logprobs(token_logps, owners, num_pairs, reduction)
+
+
+SHARED_KEYS = SharedBatch.ARRAY_KEYS + ("score_index",)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixSharedLayout:
+    """One [prompt, chosen, rejected] row per pair: the prompt is computed once (same losses as padded)."""
+    mask_alignment: str = "next_token"
+    name: str = "prefix_shared"
+    keys: tuple = SHARED_KEYS
+
+    def check(self, model=None, *, num_devices=1, grad_accum=1) -> None:
+        if num_devices != 1:
+            raise ValueError(f"layout {self.name!r} runs on one device for now (mesh of {num_devices}); "
+                             "use layout 'padded'")
+        if grad_accum != 1:
+            raise NotImplementedError(f"layout {self.name!r} needs grad_accum 1 (put more pairs in a batch instead)")
+        if model is not None:
+            check_layout(model, self.name)
+
+    def pair_logprobs(self, model, batch, *, reduction="mean", forward=None) -> PairLogps:
+        chosen, rejected = prefix_shared_pair_logprobs(model, batch, reduction=reduction,
+                                                       mask_alignment=self.mask_alignment,
+                                                       **ForwardOptions.of(forward).to_dict())
+        return PairLogps(chosen, rejected, jnp.asarray(_as_arrays(batch)["pair_valid"]))
+
+    def batches(self, examples, *, batch_size, seed, max_len, pad_id, forward=None, row_len=None, **_):
+        return SharedBatches(examples, batch_size=batch_size, seed=seed, max_len=max_len, pad_id=pad_id,
+                             mask_alignment=self.mask_alignment, forward=forward, row_len=row_len)
+
+
+class SharedBatches:
+    """The padded batches of a run, each laid out as one shared row per pair of `row_len` (2 x max_len)."""
+
+    def __init__(self, examples, *, batch_size, seed, max_len, pad_id, mask_alignment, forward=None, row_len=None):
+        self.forward = ForwardOptions.of(forward)
+        self.padded = PaddedBatches(examples, batch_size=batch_size, seed=seed, max_len=max_len, pad_id=pad_id,
+                                    mask_alignment=mask_alignment, forward=self.forward.replace(score_positions="all"))
+        self.pad_id, self.mask_alignment = pad_id, mask_alignment
+        self.row_len = row_len or 2 * max_len  # a prefix-shared pair is at most prompt + 2 completions
+
+    def get_batch(self, step):
+        batch = self.padded.dataset.get_batch(step)
+        shared = shared_batch_from_batch(**batch.as_dict(), pad_id=self.pad_id, mask_alignment=self.mask_alignment,
+                                         row_len=self.row_len)
+        return with_score_index(shared.as_dict(), self.forward), shared.num_scored_tokens()
+
+
+def with_score_index(arrays, forward: ForwardOptions):
+    """The shared batch's arrays plus `score_index` when only scored positions go to the head."""
+    if forward.score_positions != "scored":
+        return arrays
+    return dict(arrays, score_index=shared_score_index(arrays))

@@ -12,8 +12,8 @@ from functools import partial
 
 import numpy as np
 
-from dpo_jax.model.config import TransformerConfig
-from dpo_jax.model.positional import alibi_slopes, rotary_inv_freq
+from dpo_jax.models.x_transformers.config import TransformerConfig
+from dpo_jax.models.x_transformers.positional import alibi_slopes, rotary_inv_freq
 
 
 def _refuse(option: str, detail: str = "") -> None:

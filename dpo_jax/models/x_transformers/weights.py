@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dpo_jax.model.config import TransformerConfig
-from dpo_jax.model.layers import Linear
-from dpo_jax.model.positional import rotary_inv_freq
-from dpo_jax.model.transformer import Transformer
-from dpo_jax.torch_introspect import config_from_torch
+from dpo_jax.models.x_transformers.config import TransformerConfig
+from dpo_jax.models.x_transformers.layers import Linear
+from dpo_jax.models.x_transformers.positional import rotary_inv_freq
+from dpo_jax.models.x_transformers.model import Transformer
+from dpo_jax.models.x_transformers.introspect import config_from_torch
 
 __all__ = ["config_from_torch", "from_torch", "to_torch", "build_torch_model", "state_dict_from_model",
            "model_from_state_dict", "parameter_table"]

@@ -1,0 +1,176 @@
+"""The padded layout: chosen and rejected as separate right-padded rows, one concatenated [2B] forward.
+
+This is what `dpo_loss` and `dpo_torch.DPO` compute. Right padding needs no attention mask (causal attention
+keeps pads out of every real token's context), so the model sees no mask. Models that are only callables
+(`model(tokens) -> logits`) are scored from their full logits; models with hidden states and an output head
+(`models.base.HiddenStatesLM`) send only each row's scored window to the head, through the chunked head
+when the vocabulary is large (`ForwardOptions`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from dpo_jax.data import PreferenceDataset, truncated_lengths
+from dpo_jax.forward import ForwardOptions
+from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_logprobs, window_for_masks, window_indices
+from dpo_jax.logprobs import scored_mask, sequence_logprobs, token_logprobs
+from dpo_jax.models.base import has_fast_path
+from dpo_jax.models.precision import with_compute_dtype
+from dpo_jax.validation import check_token_range, is_concrete
+
+__all__ = ["SEQUENCE_KEYS", "PaddedLayout", "PaddedBatches", "sequence_masks", "pair_sequence_logprobs",
+           "padded_score_index"]
+
+SEQUENCE_KEYS = ("preferred_seq", "unpreferred_seq", "prompt_mask", "preferred_seq_mask", "unpreferred_seq_mask")
+
+
+def sequence_masks(preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
+                   unpreferred_seq_mask=None, pad_id=None, mask_alignment="next_token"):
+    """Scored masks [B, N-1] for chosen and rejected, with x-transformers' pad_id convention."""
+    if pad_id is not None:
+        if preferred_seq_mask is None:
+            preferred_seq_mask = preferred_seq != pad_id
+        if unpreferred_seq_mask is None:
+            unpreferred_seq_mask = unpreferred_seq != pad_id
+    return (scored_mask(prompt_mask, preferred_seq_mask, mask_alignment),
+            scored_mask(prompt_mask, unpreferred_seq_mask, mask_alignment))
+
+
+def _window(options: ForwardOptions, masks, score_index):
+    """Gather indices [2B, W] of the scored window, or None for every position."""
+    if options.score_positions == "all":
+        return None
+    if score_index is not None:  # [B, 2, W] from the batch: chosen rows first, then rejected
+        return jnp.concatenate([score_index[:, 0], score_index[:, 1]], axis=0)
+    if options.score_window is not None:
+        window = options.score_window
+    elif is_concrete(masks):
+        window = window_for_masks(masks)
+    else:
+        return None
+    if window >= masks.shape[-1]:
+        return None
+    return window_indices(masks, window)[0]
+
+
+def pair_sequence_logprobs(model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, reduction="mean", *,
+                           score_index=None, **forward_options):
+    """Per-sequence log-probs of chosen and rejected from one concatenated [2B] forward of `model`.
+
+    `forward_options` are `ForwardOptions` fields; every setting gives the same numbers. `score_index`
+    [B, 2, W] (host-built, `padded_score_index`) fixes the scored window under jit. A row whose scored
+    tokens are not all inside the window gets a NaN log-prob: refused loudly, never truncated.
+    """
+    options = ForwardOptions.of(forward_options)
+    batch = preferred_seq.shape[0]
+    seqs = jnp.concatenate([preferred_seq, unpreferred_seq], axis=0)
+    masks = jnp.concatenate([chosen_mask, rejected_mask], axis=0)
+    model = with_compute_dtype(model, options.compute_dtype)
+    targets = seqs[:, 1:]
+    if not has_fast_path(model):  # a plain callable: its logits at every position
+        logits = model(seqs[:, :-1])
+        if is_concrete(seqs):  # the logits say the vocabulary: a larger id would be clamped silently
+            check_token_range(preferred_seq, "preferred_seq", logits.shape[-1])
+            check_token_range(unpreferred_seq, "unpreferred_seq", logits.shape[-1])
+        token_logps = token_logprobs(logits, targets)
+        logps = sequence_logprobs(token_logps, masks, reduction)
+        return logps[:batch], logps[batch:]
+    # no padding mask goes to the model: right padding is invisible to causal attention
+    hidden = model.hidden_states(seqs[:, :-1], remat=options.remat, attention_backend=options.attention)
+    index = _window(options, masks, score_index)
+    token_logps = scored_head_logprobs(model, hidden, targets, index, options)
+    scored = masks if index is None else jnp.take_along_axis(masks, index, axis=1)
+    logps = sequence_logprobs(token_logps, scored, reduction)
+    if index is not None:  # a scored token outside the window: refuse loudly, never truncate
+        logps = jnp.where(scored.sum(axis=-1) == masks.sum(axis=-1), logps, jnp.nan)
+    return logps[:batch], logps[batch:]
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddedLayout:
+    """One right-padded row per sequence (the arrays `dpo_loss` takes, `SEQUENCE_KEYS`)."""
+    pad_id: int | None = None
+    mask_alignment: str = "next_token"
+    name: str = "padded"
+    keys: tuple = SEQUENCE_KEYS + ("score_index",)
+
+    def check(self, model=None, *, num_devices=1, grad_accum=1) -> None:
+        """Every model, mesh and grad_accum is fine (the batch split itself is checked by `train.sharding`)."""
+
+    def masks(self, batch):
+        return sequence_masks(
+            batch["preferred_seq"], batch["unpreferred_seq"], prompt_mask=batch["prompt_mask"],
+            preferred_seq_mask=batch.get("preferred_seq_mask"), unpreferred_seq_mask=batch.get("unpreferred_seq_mask"),
+            pad_id=self.pad_id, mask_alignment=self.mask_alignment)
+
+    def pair_logprobs(self, model, batch, *, reduction="mean", forward=None) -> PairLogps:
+        chosen_mask, rejected_mask = self.masks(batch)
+        chosen, rejected = pair_sequence_logprobs(model, batch["preferred_seq"], batch["unpreferred_seq"],
+                                                  chosen_mask, rejected_mask, reduction,
+                                                  score_index=batch.get("score_index"),
+                                                  **ForwardOptions.of(forward).to_dict())
+        return PairLogps(chosen, rejected)
+
+    def batches(self, examples, *, batch_size, seed, max_len, pad_id, forward=None, process_index=0,
+                process_count=1, **_):
+        return PaddedBatches(examples, batch_size=batch_size, seed=seed, max_len=max_len, pad_id=pad_id,
+                             mask_alignment=self.mask_alignment, forward=forward, process_index=process_index,
+                             process_count=process_count)
+
+
+def padded_score_index(chosen_mask, rejected_mask, window: int) -> np.ndarray:
+    """Host side: [B, 2, W] window start indices of every row's scored span (numpy, like `window_indices`)."""
+    out = []
+    for mask in (np.asarray(chosen_mask), np.asarray(rejected_mask)):
+        positions = np.arange(mask.shape[-1])
+        first = np.where(mask, positions, mask.shape[-1]).min(axis=-1)
+        start = np.clip(first, 0, mask.shape[-1] - window)
+        out.append(start[:, None] + np.arange(window)[None])
+    return np.stack(out, axis=1).astype(np.int32)
+
+
+class PaddedBatches:
+    """Random-access padded batches for training: `get_batch(step) -> (arrays, num_scored_tokens)`.
+
+    Every batch is padded to `max_len` (one shape, one compile). With `forward.score_positions == "scored"`
+    it also carries `score_index` [B, 2, W]: W is the longest completion of the global batch (so every process
+    builds the same shape), rounded up to 64.
+    """
+
+    def __init__(self, examples, *, batch_size, seed, max_len, pad_id, mask_alignment="next_token", forward=None,
+                 process_index=0, process_count=1):
+        self.forward = ForwardOptions.of(forward)
+        self.mask_alignment, self.pad_id, self.max_len = mask_alignment, pad_id, max_len
+        self.dataset = PreferenceDataset(
+            examples, batch_size=batch_size, seed=seed, process_index=process_index, process_count=process_count,
+            max_len=max_len, pad_id=pad_id, drop_last=len(examples) >= batch_size,
+            pad_to_multiple_of=max_len)  # one fixed shape: one compile
+        options = self.dataset.collate_options
+        self._completion = np.array([max(c, r) for _, c, r in (
+            truncated_lengths(ex, max_len, options["truncation"], options["min_completion_tokens"])
+            for ex in self.dataset.examples)])
+
+    def window(self, step) -> int | None:
+        """The scored window of global batch `step` (None: every position)."""
+        if self.forward.score_positions == "all":
+            return None
+        width = self.max_len - 1
+        longest = int(self._completion[self.dataset.global_batch_indices(step)].max())
+        window = self.forward.score_window or bucketed(longest, width)
+        return None if window >= width else window
+
+    def get_batch(self, step):
+        batch = self.dataset.get_batch(step)
+        arrays = batch.as_dict()
+        window = self.window(step)
+        if window is not None:
+            chosen_mask, rejected_mask = sequence_masks(
+                batch.preferred_seq, batch.unpreferred_seq, prompt_mask=batch.prompt_mask,
+                preferred_seq_mask=batch.preferred_seq_mask, unpreferred_seq_mask=batch.unpreferred_seq_mask,
+                mask_alignment=self.mask_alignment)
+            arrays["score_index"] = padded_score_index(chosen_mask, rejected_mask, window)
+        return arrays, batch.num_scored_tokens()
