@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(or DPO_JAX_COORDINATOR; TPU pods, SLURM, Open MPI are auto-detected)")
     scale.add_argument("--num-processes", type=_positive_int, help="multi-host: number of processes")
     scale.add_argument("--process-id", type=_non_negative_int, help="multi-host: this process's index")
+    scale.add_argument("--init-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                       help="multi-host: how long a process waits for the coordinator (default 300)")
     loss = train.add_argument_group("loss")
     loss.add_argument("--beta", type=_positive_float, help="default: demo 1.0 (summed log-probs), --data 0.1")
     loss.add_argument("--loss-type", choices=LOSS_TYPES, default="sigmoid")
@@ -176,7 +178,11 @@ def main(argv=None) -> int:
             parse_mesh_spec(config.mesh)  # syntax and axis names; the device count is checked by train()
         except ValueError as err:
             parser.error(f"--mesh: {err}")
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    try:
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id, timeout=args.init_timeout)
+    except (ConnectionError, ValueError) as err:
+        print(f"dpo-jax: {err}", file=sys.stderr)
+        return 2
     from dpo_jax.data import DataError
     from dpo_jax.train import NonFiniteError, run
 
