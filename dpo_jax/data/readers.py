@@ -70,6 +70,7 @@ def _json_line_records(lines: Iterable[bytes]) -> Iterator[Record]:
 
 
 def _json_array_records(path: str, data: bytes) -> Iterator[Record]:
+    """The records of a JSON array (the caller saw that the text starts with "[")."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -79,9 +80,6 @@ def _json_array_records(path: str, data: bytes) -> Iterator[Record]:
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno})", path=path,
                         line=err.lineno) from None
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: a JSON file holds an array of records, or one record per line (JSON Lines); "
-                        f"got a single {type(rows).__name__}", path=path)
     for number, row in enumerate(rows, start=1):
         yield Record(number, row)
 
@@ -111,7 +109,7 @@ def _gzip_file(path: str, name: str) -> RecordFile:
         with gzip.open(path, "rb") as handle:
             head = handle.read(4096)
     except (OSError, EOFError) as err:
-        raise DataError(f"{path}: not a readable gzip file ({err})", path=path) from None
+        raise DataError(f"{path}: gzip stream is corrupt or truncated ({err})", path=path) from None
 
     def guarded(lines_or_bytes):
         try:
