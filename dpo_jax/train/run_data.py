@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
 from dpo_jax.data import find_chat_template, read_preference_data, split_examples
 
 __all__ = ["RunData", "as_paths", "load_run_data", "check_eval_options"]
@@ -24,6 +25,8 @@ def as_paths(value) -> list[str]:
 
 @dataclasses.dataclass
 class RunData:
+    """The pairs a run trains and evaluates on, and what it says about them."""
+
     train: list
     eval: list
     lines: list[str]      # what the run says about its data (stderr)
@@ -36,6 +39,7 @@ class RunData:
 def load_run_data(data, tokenizer, *, tokenizer_spec=None, chat_template=None, eval_data=None,
                   eval_split: float | None = None, seed: int = 0) -> RunData:
     """Read and validate every file (train and eval) before anything trains."""
+    check_eval_options(eval_data, eval_split, None, None)
     found = {}
 
     def template():
@@ -47,8 +51,6 @@ def load_run_data(data, tokenizer, *, tokenizer_spec=None, chat_template=None, e
     files = [dict(report.to_dict(), role="train") for report in train.files]
     lines = [f"data: {line}" for line in train.describe()]
     examples, held_out = train.examples, []
-    if eval_data is not None and eval_split is not None:
-        raise ValueError("give eval data or an eval split, not both")
     if eval_data is not None:
         evaluation = read_preference_data(as_paths(eval_data), tokenizer, chat_template=template)
         held_out = evaluation.examples
