@@ -6,7 +6,7 @@ log-prob head, remat) and `sharding` -> `models` (the contract, the x-transforme
 `train` and `demo` -> `cli`.
 """
 
-from dpo_jax.data import PreferenceExample, collate_pairs, read_preference_jsonl
+from dpo_jax.data import PreferenceExample, collate_pairs, read_preference_data, read_preference_jsonl
 from dpo_jax.dpo import ReferenceLogps, batch_loss, dpo_loss, reference_logprobs
 from dpo_jax.forward import ForwardOptions
 from dpo_jax.layouts import LAYOUTS, get_layout
@@ -31,7 +31,7 @@ __all__ = [
     # ops a kernel may replace
     "AttentionMask", "attend",
     # batch layouts and data
-    "LAYOUTS", "get_layout", "PreferenceExample", "collate_pairs", "read_preference_jsonl",
+    "LAYOUTS", "get_layout", "PreferenceExample", "collate_pairs", "read_preference_jsonl", "read_preference_data",
     # training
     "TrainConfig", "TrainState", "init_train_state", "make_train_step", "make_eval_loss", "RunConfig", "run",
 ]

@@ -12,6 +12,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 __all__ = ["Tokenizer", "ByteTokenizer", "HFTokenizer", "load_tokenizer"]
 
+TOKENIZER_FILE = "tokenizer.json"  # the file a Hugging Face tokenizer folder keeps its vocabulary in
+
 # Special-token names tried, in order, when an HF tokenizer file does not say which is pad / eos.
 _EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]", "<|im_end|>")
 _PAD_CANDIDATES = ("<pad>", "[PAD]", "<|pad|>", "<|padding|>")
@@ -44,6 +46,7 @@ class ByteTokenizer:
     NUM_BYTES = 256
     PAD_ID = 256
     EOS_ID = 257
+    _SPECIAL_NAMES = {PAD_ID: "<pad>", EOS_ID: "<eos>"}
 
     @property
     def vocab_size(self) -> int:
@@ -62,8 +65,18 @@ class ByteTokenizer:
             raise TypeError(f"ByteTokenizer.encode expects str, got {type(text).__name__}")
         return list(text.encode("utf-8"))
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Bytes back to text; special ids are skipped and invalid UTF-8 becomes U+FFFD."""
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """Bytes back to text; invalid UTF-8 becomes U+FFFD. Special ids are skipped, or written as `<pad>` and
+        `<eos>` with `skip_special_tokens=False` (to show what reaches the model)."""
+        if not skip_special_tokens:
+            pieces, run = [], []
+            for i in (int(i) for i in ids):
+                if 0 <= i < self.NUM_BYTES:
+                    run.append(i)
+                    continue
+                pieces += [bytes(run).decode("utf-8", errors="replace"), self._SPECIAL_NAMES.get(i, "")]
+                run = []
+            return "".join(pieces) + bytes(run).decode("utf-8", errors="replace")
         data = bytes(int(i) for i in ids if 0 <= int(i) < self.NUM_BYTES)
         return data.decode("utf-8", errors="replace")
 
@@ -163,8 +176,8 @@ class HFTokenizer:
             raise TypeError(f"HFTokenizer.encode expects str, got {type(text).__name__}")
         return list(self._backend.encode(text, add_special_tokens=False).ids)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._backend.decode([int(i) for i in ids], skip_special_tokens=True)
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
         return (
@@ -187,13 +200,17 @@ def _first_present(specials: dict[str, int], candidates: Sequence[str]) -> int |
 
 
 def load_tokenizer(spec: "str | os.PathLike | Tokenizer | None" = None, **kwargs) -> Tokenizer:
-    """None or "byte" -> ByteTokenizer; a tokenizer object passes through; a path -> HFTokenizer."""
+    """None or "byte" -> ByteTokenizer; a tokenizer object passes through; a tokenizer.json, or a Hugging Face
+    tokenizer folder (its tokenizer.json; the folder's chat template is found by `data.chat`) -> HFTokenizer."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "byte"):
         if kwargs:
             raise ValueError(f"ByteTokenizer takes no options, got {sorted(kwargs)}")
         return ByteTokenizer()
     if isinstance(spec, (str, os.PathLike)):
-        return HFTokenizer.from_file(spec, **kwargs)
+        path = os.fspath(spec)
+        if os.path.isdir(path):
+            path = os.path.join(path, TOKENIZER_FILE)
+        return HFTokenizer.from_file(path, **kwargs)
     if isinstance(spec, Tokenizer):
         return spec
     raise TypeError(f"tokenizer spec must be None, 'byte', a path or a Tokenizer, got {spec!r}")
