@@ -267,3 +267,47 @@ def test_sliding_window_boundary_is_transformers_rule(window):
     theirs = np.array([[bool(causal_mask_function(0, 0, q, k)) and bool(overlay(0, 0, q, k)) for k in range(n)]
                        for q in range(n)])
     assert np.array_equal(ours, theirs)
+
+
+MINIMAL = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=64, num_hidden_layers=12, num_attention_heads=32)
+
+
+def their_windows(config, model_type):
+    """transformers' per-layer sliding window, read off its own config object as its attention modules do."""
+    if model_type == "llama":
+        return (None,) * config.num_hidden_layers
+    if model_type == "mistral":
+        return (config.sliding_window,) * config.num_hidden_layers
+    return tuple(config.sliding_window if kind == "sliding_attention" else None for kind in config.layer_types)
+
+
+DEFAULT_CASES = ([(t, {}) for t in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")]
+                 + [(t, {"sliding_window": None}) for t in ("mistral", "qwen2", "gemma2", "gemma3_text")]
+                 + [(t, {"use_sliding_window": True, "max_window_layers": 5}) for t in ("qwen2", "qwen3")])
+
+
+@pytest.mark.parametrize("model_type, extra", DEFAULT_CASES, ids=[f"{t}-{'-'.join(e) or 'sizes'}" for t, e in DEFAULT_CASES])
+def test_absent_config_keys_take_transformers_defaults(model_type, extra):
+    """A config.json with only the sizes: every derived quantity equals what transformers' own config class makes."""
+    data = {"model_type": model_type, **MINIMAL, **extra}
+    if model_type.startswith("gemma") and "sliding_window" in extra:  # transformers' forward raises on it too
+        with pytest.raises(ValueError, match="sliding_window"):
+            dpo_jax.models.pretrained.config_from_hf(data)
+        return
+    ours = dpo_jax.models.pretrained.config_from_hf(data)
+    theirs = transformers.AutoConfig.for_model(**data)
+    assert ours.num_key_value_heads == theirs.num_key_value_heads
+    assert ours.head_dim == (getattr(theirs, "head_dim", None) or theirs.hidden_size // theirs.num_attention_heads)
+    assert ours.max_position_embeddings == theirs.max_position_embeddings
+    assert ours.rms_norm_eps == theirs.rms_norm_eps and ours.tie_word_embeddings == theirs.tie_word_embeddings
+    assert ours.layer_windows == their_windows(theirs, model_type)
+    rope = theirs.rope_parameters
+    if model_type == "gemma3_text":
+        assert ours.rope.theta == rope["full_attention"]["rope_theta"]
+        assert ours.local_rope.theta == rope["sliding_attention"]["rope_theta"]
+    else:
+        assert ours.rope.theta == rope["rope_theta"] and rope["rope_type"] == "default"
+    if model_type.startswith("gemma"):
+        assert ours.query_pre_attn_scalar == theirs.query_pre_attn_scalar
+        assert ours.final_logit_softcapping == theirs.final_logit_softcapping
+        assert ours.attn_logit_softcapping == theirs.attn_logit_softcapping

@@ -62,6 +62,16 @@ FAMILIES = (
 )
 
 
+# model types people try that are deliberately not ported, and why
+NOT_PORTED = {
+    "gemma3": "it is the multimodal Gemma3ForConditionalGeneration (the text-only Gemma3ForCausalLM is 'gemma3_text')",
+    "gemma": "Gemma 1 is not ported (Gemma 2 is 'gemma2', Gemma 3 text is 'gemma3_text')",
+    "mixtral": "mixture-of-experts models are not implemented", "qwen2_moe": "mixture-of-experts models are not "
+    "implemented", "qwen3_moe": "mixture-of-experts models are not implemented",
+    "llama4": "Llama 4 (mixture of experts, multimodal) is not implemented",
+}
+
+
 def _supported() -> str:
     return ", ".join(f"{t} ({f.name})" for f in FAMILIES for t in f.model_types)
 
@@ -78,8 +88,9 @@ def family_of(config_or_model) -> Family:
             for family in FAMILIES:
                 if any(name in family.architectures for name in architectures):
                     return family
-        raise UnsupportedCheckpointError(
-            f"model_type {model_type!r} (architectures {architectures}) is not ported; supported: {_supported()}")
+        why = f": {NOT_PORTED[model_type]}" if model_type in NOT_PORTED else ""
+        raise UnsupportedCheckpointError(f"model_type {model_type!r} (architectures {architectures}) is not "
+                                         f"ported{why}; supported: {_supported()}")
     for family in FAMILIES:
         if isinstance(config_or_model, (family.config_type, family.model_type)):
             return family

@@ -24,7 +24,7 @@ from dpo_jax.data import read_preference_jsonl
 from dpo_jax.layouts import layout_batches, validate_layout
 from dpo_jax.train.checkpoint import Checkpointer
 from dpo_jax.train.config import TrainConfig
-from dpo_jax.train.outputs import (POLICY_FILE, PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
+from dpo_jax.train.outputs import (PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
                                    write_json)
 from dpo_jax.train.reference import ReferenceCache
 from dpo_jax.train.state import init_train_state
@@ -56,6 +56,7 @@ class RunConfig:
     heads: int = 4
     max_seq_len: int = 128
     init_from: str | None = None       # safetensors written by models.x_transformers.save_safetensors
+    model: str | None = None           # a Hugging Face model directory: policy, reference and tokenizer from it
     mesh: str | None = None            # "data=2,fsdp=4" (dpo_jax.sharding); None: every device on data
     layout: str = "padded"             # padded | prefix_shared | packed (dpo_jax.layouts.LAYOUTS)
     row_len: int | None = None         # shared/packed row length; None: 2 * the task's max length
@@ -107,9 +108,13 @@ class _Task:
     demo: Any = None
 
 
-def _build_task(config: RunConfig) -> _Task:
+def _build_task(config: RunConfig, mesh) -> _Task:
     from dpo_jax.models.x_transformers.safetensors_file import load_safetensors
 
+    if config.model is not None:
+        from dpo_jax.train.pretrained import pretrained_task
+
+        return _Task(*pretrained_task(config, mesh))
     if config.data is None:
         from dpo_jax.demo import build_demo  # imported late: the demo trains its SFT reference on demand
 
@@ -198,7 +203,7 @@ def run(config: RunConfig) -> dict:
     if not resuming and primary:
         write_json(os.path.join(run_dir, RUN_CONFIG_FILE), config.to_dict())
 
-    task = _build_task(config)
+    task = _build_task(config, mesh)
     train_config = config.train.replace(total_steps=max(num_steps, 1))
     graphdef, state = init_train_state(task.policy, task.reference, train_config, seed=config.seed)
     state = sharding.shard_train_state(state, mesh)
@@ -257,10 +262,10 @@ def run(config: RunConfig) -> dict:
         progress.close()
 
     policy = _merged(graphdef, sharding.gather_replicated(state.params, mesh))
-    from dpo_jax.models.x_transformers.safetensors_file import save_safetensors
+    from dpo_jax.train.pretrained import save_policy
 
     if primary:
-        save_safetensors(policy, os.path.join(run_dir, POLICY_FILE))
+        save_policy(policy, run_dir)
         plot_training(log.records, os.path.join(run_dir, PLOT_FILE))
     summary = {"steps": num_steps, "run_dir": os.path.abspath(run_dir),
                "tokens_per_s": timed_tokens / timed_seconds if timed_seconds > 0 else None,

@@ -61,7 +61,7 @@ class LlamaConfig:
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     sliding_window: int | None = None        # mistral: every layer; qwen: the "sliding_attention" layers
-    layer_types: tuple[str, ...] | None = None  # qwen2/qwen3 only; None: every layer "full_attention"
+    layer_types: tuple[str, ...] | None = None  # qwen2/qwen3 only (None there: every layer "full_attention")
     max_window_layers: int = QWEN_MAX_WINDOW_LAYERS  # qwen bookkeeping (layer_types derive from it)
     model_type: str = "llama"
     # numerics (not config.json keys): compute dtype and stored parameter dtype
@@ -76,6 +76,8 @@ class LlamaConfig:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None and isinstance(self.num_attention_heads, int) and self.num_attention_heads > 0:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        if self.layer_types is None and self.model_type in ("qwen2", "qwen3") and isinstance(self.num_hidden_layers, int):
+            object.__setattr__(self, "layer_types", ("full_attention",) * self.num_hidden_layers)
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
         self.validate()
@@ -214,7 +216,7 @@ class LlamaConfig:
         if self.model_type in ("qwen2", "qwen3"):
             data.update(use_sliding_window=self.sliding_window is not None, sliding_window=self.sliding_window,
                         max_window_layers=self.max_window_layers,
-                        layer_types=list(self.layer_types or ("full_attention",) * self.num_hidden_layers))
+                        layer_types=list(self.layer_types))
         return data
 
     def to_json(self) -> str:
