@@ -30,7 +30,7 @@ from dpo_jax.dpo import dpo_loss, pair_sequence_logprobs, sequence_masks
 from dpo_jax.layouts.packed import pack_examples
 from dpo_jax.layouts.prefix_shared import prefix_shared_pair_logprobs, shared_batch_from_batch
 from dpo_jax.models.hf.rope import RopeSpec
-from dpo_jax.models.pretrained import family_of, from_transformers, state_dict_from_model
+from dpo_jax.models.pretrained import config_from_hf, family_of, from_transformers, state_dict_from_model
 from dpo_jax.ops.attention import AttentionMask
 from dpo_torch import DPO
 from dpo_torch.losses import METRIC_NAMES
@@ -260,6 +260,19 @@ def test_chunked_head_applies_the_final_logit_softcap(converted):
     assert relative(loss_uncapped, full) > 1e-3
 
 
+def test_bfloat16_compute_runs_in_bfloat16_close_to_float32(converted):
+    """`compute_dtype="bfloat16"` rebuilds a family in bfloat16 (activations, not only weights; Gemma's embedding
+    scale in bfloat16 too) on float32 masters; the loss stays within bfloat16 rounding of the float32 one."""
+    _, policy = converted("gemma2")
+    reference = from_transformers(perturbed_hf_model("gemma2", seed=5))
+    batch = make_batch(seed=7)
+    bf16 = dpo_jax.with_compute_dtype(policy, jnp.bfloat16)
+    assert bf16.hidden_states(batch["preferred_seq"]).dtype == jnp.bfloat16
+    full, _ = dpo_loss(policy, reference, **batch, pad_id=PAD, reduction="sum")
+    half, _ = dpo_loss(policy, reference, **batch, pad_id=PAD, reduction="sum", compute_dtype="bfloat16")
+    assert np.isfinite(float(half)) and 0 < relative(half, full) < 5e-2, (float(half), float(full))
+
+
 @pytest.mark.parametrize("window", [1, 3, 4])
 def test_sliding_window_boundary_is_transformers_rule(window):
     """`AttentionMask(sliding_window=w)` (with causality) is transformers' causal + sliding_window_overlay(w)."""
@@ -294,9 +307,9 @@ def test_absent_config_keys_take_transformers_defaults(model_type, extra):
     data = {"model_type": model_type, **MINIMAL, **extra}
     if model_type.startswith("gemma") and "sliding_window" in extra:  # transformers' forward raises on it too
         with pytest.raises(ValueError, match="sliding_window"):
-            dpo_jax.models.pretrained.config_from_hf(data)
+            config_from_hf(data)
         return
-    ours = dpo_jax.models.pretrained.config_from_hf(data)
+    ours = config_from_hf(data)
     theirs = transformers.AutoConfig.for_model(**data)
     assert ours.num_key_value_heads == theirs.num_key_value_heads
     assert ours.head_dim == (getattr(theirs, "head_dim", None) or theirs.hidden_size // theirs.num_attention_heads)

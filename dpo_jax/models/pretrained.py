@@ -32,8 +32,8 @@ from dpo_jax.models.gemma import config as gemma_config
 from dpo_jax.models.gemma.weights import parameter_table as gemma_table
 from dpo_jax.models.hf import checkpoint
 from dpo_jax.models.hf.config_reader import UnsupportedCheckpointError
-from dpo_jax.models.hf.key_table import (KeyRow, as_numpy, hf_shape, host_value, ignored_checkpoint_keys,
-                                         load_state_dict, state_dict_from_table)
+from dpo_jax.models.hf.key_table import (KeyRow, hf_shape, host_value, ignored_checkpoint_keys, load_state_dict,
+                                         state_dict_from_table)
 from dpo_jax.models.llama import LlamaConfig, LlamaForCausalLM
 from dpo_jax.models.llama import config as llama_config
 from dpo_jax.models.llama.weights import parameter_table as llama_table
@@ -186,8 +186,7 @@ def state_dict_from_model(model) -> dict:
 def from_transformers(hf_model, *, dtype=None):
     """The NNX model of a live transformers causal LM (its config and state_dict), in `dtype` (None: its own)."""
     state_dict = hf_model.state_dict()
-    if dtype is None:
-        first = next(iter(state_dict.values()))
-        dtype = as_numpy(first[..., :0] if first.ndim else first).dtype
+    if dtype is None:  # torch.float32 -> "float32" (torch is not imported)
+        dtype = jnp.dtype(str(next(iter(state_dict.values())).dtype).removeprefix("torch."))
     config = config_from_hf(hf_model.config.to_dict(), dtype=dtype)
     return model_from_state_dict(config, state_dict)
