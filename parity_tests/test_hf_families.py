@@ -174,22 +174,23 @@ def test_dpo_loss_and_gradients_match_dpo_torch(name, record_worst_diff):
     graphdef, params = nnx.split(policy, nnx.Param)
     batch = make_batch(seed=4)
     torch_batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    reductions = ("mean", "sum")
+
+    @jax.jit  # both reductions in one compilation
+    def losses_and_grads(params, batch):
+        def loss_fn(params, reduction):
+            return dpo_loss(nnx.merge(graphdef, params), reference, **batch, pad_id=PAD, beta=0.1, reduction=reduction)
+        return {r: jax.value_and_grad(loss_fn, has_aux=True)(params, r) for r in reductions}
+
+    jax_results = losses_and_grads(params, {k: jnp.asarray(v) for k, v in batch.items()})
     worst, worst_loss = 0.0, 0.0
-    for reduction in ("mean", "sum"):
+    for reduction in reductions:
         dpo = DPO(policy_hf, beta=0.1, pad_id=PAD, reduction=reduction)
         dpo.ref_model.load_state_dict(reference_state)
         policy_hf.zero_grad(set_to_none=True)
         loss_torch, metrics_torch = dpo(**torch_batch, return_metrics=True)
         loss_torch.backward()
-
-        @jax.jit
-        def loss_and_grad(params, batch):
-            def loss_fn(params):
-                return dpo_loss(nnx.merge(graphdef, params), reference, **batch, pad_id=PAD, beta=0.1,
-                                reduction=reduction)
-            return jax.value_and_grad(loss_fn, has_aux=True)(params)
-
-        (loss_jax, metrics_jax), grads = loss_and_grad(params, {k: jnp.asarray(v) for k, v in batch.items()})
+        (loss_jax, metrics_jax), grads = jax_results[reduction]
         worst_loss = max(worst_loss, relative(loss_jax, loss_torch.item()))
         assert relative(loss_jax, loss_torch.item()) <= LOSS_TOL, (reduction, float(loss_jax), loss_torch.item())
         for metric in METRIC_NAMES:
