@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--bf16", action="store_true", help="shorthand for --compute-dtype bfloat16")
     forward.add_argument("--attention", choices=ATTENTION_BACKENDS, default="xla", help="attention backend")
     model = train.add_argument_group("model (with --data)")
+    model.add_argument("--model", metavar="DIR", help="a Hugging Face model directory (Llama, Mistral, Qwen2, Qwen3, "
+                       "Gemma 2, Gemma 3): policy, reference and tokenizer start from it; the run writes hf_policy/; "
+                       "--max-seq-len caps the pair length")
     model.add_argument("--dim", type=_positive_int, default=64)
     model.add_argument("--depth", type=_positive_int, default=2)
     model.add_argument("--heads", type=_positive_int, default=4)
@@ -179,6 +182,8 @@ def run_config_from_args(args, parser):
         config.progress = not args.no_progress
         return config
     fill_task_defaults(args)
+    if args.model is not None and (args.data is None or args.init_from is not None):
+        parser.error("--model needs --data FILE and excludes --init-from")
     if args.dim % args.heads:
         parser.error(f"--dim {args.dim} must be divisible by --heads {args.heads}")
     if args.bf16 and args.compute_dtype not in (None, "bfloat16"):
@@ -203,6 +208,7 @@ def run_config_from_args(args, parser):
                      batch_size=args.batch_size, seed=args.seed, log_every=args.log_every,
                      checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, dim=args.dim,
                      depth=args.depth, heads=args.heads, max_seq_len=args.max_seq_len, init_from=args.init_from,
+                     model=args.model,
                      quick=args.quick, progress=not args.no_progress, train=train_config, layout=args.layout,
                      row_len=args.row_len, rows=args.rows, mesh=args.mesh, chat_template=args.chat_template,
                      eval_data=args.eval_data, eval_split=args.eval_split, eval_every=args.eval_every,

@@ -99,15 +99,18 @@ def _import_tokenizers():
 class HFTokenizer:
     """A Hugging Face `tokenizers` tokenizer (tokenizer.json) with explicit pad and eos ids."""
 
-    def __init__(self, backend, *, pad_id: int, eos_id: int, source: str = "<in-memory>"):
+    def __init__(self, backend, *, pad_id: int, eos_id: int, source: str = "<in-memory>", bos_id: int | None = None):
         vocab_size = int(backend.get_vocab_size(with_added_tokens=True))
-        for name, value in (("pad_id", pad_id), ("eos_id", eos_id)):
+        for name, value in (("pad_id", pad_id), ("eos_id", eos_id), ("bos_id", bos_id)):
+            if name == "bos_id" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
                 raise ValueError(f"{source}: {name}={value!r} is not a token id in [0, {vocab_size})")
         self._backend = backend
         self._vocab_size = vocab_size
         self._pad_id = pad_id
         self._eos_id = eos_id
+        self.bos_id = bos_id  # None when the tokenizer has none; the pipeline does not add it (encode adds no specials)
         self.source = source
 
     @classmethod
@@ -119,6 +122,7 @@ class HFTokenizer:
         eos_id: int | None = None,
         pad_token: str | None = None,
         eos_token: str | None = None,
+        bos_id: int | None = None,
     ) -> "HFTokenizer":
         """Load a tokenizer.json; pad/eos come from the arguments or the file's special tokens.
 
@@ -156,7 +160,7 @@ class HFTokenizer:
             )
         eos_id = pad_id if eos_id is None else eos_id
         pad_id = eos_id if pad_id is None else pad_id
-        return cls(backend, pad_id=pad_id, eos_id=eos_id, source=path)
+        return cls(backend, pad_id=pad_id, eos_id=eos_id, source=path, bos_id=bos_id)
 
     @property
     def vocab_size(self) -> int:

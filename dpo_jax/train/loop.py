@@ -25,7 +25,7 @@ from dpo_jax.layouts import layout_batches, validate_layout
 from dpo_jax.train.checkpoint import Checkpointer
 from dpo_jax.train.config import TrainConfig
 from dpo_jax.train.evaluation import EVAL_METRICS, EVAL_PREFIX, Evaluator
-from dpo_jax.train.outputs import (POLICY_FILE, PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
+from dpo_jax.train.outputs import (PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
                                    write_json)
 from dpo_jax.train.reference import ReferenceCache
 from dpo_jax.train.run_data import check_eval_options, load_run_data
@@ -64,6 +64,7 @@ class RunConfig:
     heads: int = 4
     max_seq_len: int = 128
     init_from: str | None = None       # safetensors written by models.x_transformers.save_safetensors
+    model: str | None = None           # a Hugging Face model directory: policy, reference and tokenizer from it
     mesh: str | None = None            # "data=2,fsdp=4" (dpo_jax.sharding); None: every device on data
     layout: str = "padded"             # padded | prefix_shared | packed (dpo_jax.layouts.LAYOUTS)
     row_len: int | None = None         # shared/packed row length; None: 2 * the task's max length
@@ -117,9 +118,16 @@ class _Task:
     data: dict | None = None           # what was read (summary.json)
 
 
-def _build_task(config: RunConfig) -> _Task:
+def _build_task(config: RunConfig, mesh) -> _Task:
     from dpo_jax.models.x_transformers.safetensors_file import load_safetensors
 
+    if config.model is not None:
+        from dpo_jax.train.pretrained import pretrained_task
+
+        policy, tokenizer, max_len = pretrained_task(config, mesh)
+        data = _read_data(config, tokenizer, tokenizer_spec=config.model)
+        return _Task(policy, policy, data.train, tokenizer.pad_id, max_len, eval_examples=data.eval,
+                     data=data.summary())
     if config.data is None:
         from dpo_jax.demo import build_demo  # imported late: the demo trains its SFT reference on demand
 
@@ -134,10 +142,7 @@ def _build_task(config: RunConfig) -> _Task:
     from dpo_jax.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(config.tokenizer)
-    data = load_run_data(config.data, tokenizer, tokenizer_spec=config.tokenizer, chat_template=config.chat_template,
-                         eval_data=config.eval_data, eval_split=config.eval_split, seed=config.seed)
-    if jax.process_index() == 0:
-        print("\n".join(data.lines), file=sys.stderr)
+    data = _read_data(config, tokenizer, tokenizer_spec=config.tokenizer)
     if config.init_from:
         model = load_safetensors(config.init_from)
     else:
@@ -149,6 +154,15 @@ def _build_task(config: RunConfig) -> _Task:
         raise ValueError(f"model vocabulary {model.config.num_tokens} < tokenizer vocabulary {tokenizer.vocab_size}")
     return _Task(model, model, data.train, tokenizer.pad_id, model.config.max_seq_len, eval_examples=data.eval,
                  data=data.summary())
+
+
+def _read_data(config: RunConfig, tokenizer, *, tokenizer_spec):
+    """The run's train and eval pairs (every file validated first), reported on stderr by process 0."""
+    data = load_run_data(config.data, tokenizer, tokenizer_spec=tokenizer_spec, chat_template=config.chat_template,
+                         eval_data=config.eval_data, eval_split=config.eval_split, seed=config.seed)
+    if jax.process_index() == 0:
+        print("\n".join(data.lines), file=sys.stderr)
+    return data
 
 
 def _check_eval(config: RunConfig, mesh) -> None:
@@ -247,7 +261,7 @@ def run(config: RunConfig) -> dict:
     if not resuming and primary:
         write_json(os.path.join(run_dir, RUN_CONFIG_FILE), config.to_dict())
 
-    task = _build_task(config)
+    task = _build_task(config, mesh)
     train_config = config.train.replace(total_steps=max(num_steps, 1))
     graphdef, state = init_train_state(task.policy, task.reference, train_config, seed=config.seed)
     state = sharding.shard_train_state(state, mesh)
@@ -311,10 +325,10 @@ def run(config: RunConfig) -> dict:
         progress.close()
 
     policy = _merged(graphdef, sharding.gather_replicated(state.params, mesh))
-    from dpo_jax.models.x_transformers.safetensors_file import save_safetensors
+    from dpo_jax.train.pretrained import save_policy
 
     if primary:
-        save_safetensors(policy, os.path.join(run_dir, POLICY_FILE))
+        save_policy(policy, run_dir)
         plot_training(log.records, os.path.join(run_dir, PLOT_FILE))
     summary = {"steps": num_steps, "run_dir": os.path.abspath(run_dir),
                "tokens_per_s": timed_tokens / timed_seconds if timed_seconds > 0 else None,

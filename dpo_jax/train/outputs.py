@@ -1,4 +1,5 @@
-"""The run directory's files: metrics.jsonl (append, truncate on resume), summary.json, training.png."""
+"""The run directory's files: metrics.jsonl (append, truncate on resume), summary.json, training.png, and the
+names of the final policy's files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "training.png"
 RUN_CONFIG_FILE = "run_config.json"
-POLICY_FILE = "policy.safetensors"
+POLICY_FILE = "policy.safetensors"   # an x-transformers policy
+HF_POLICY_DIR = "hf_policy"          # a Hugging Face family policy: a directory transformers loads
 
 
 def _json_value(value):
