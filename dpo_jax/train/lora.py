@@ -31,8 +31,8 @@ from flax import nnx, struct
 from dpo_jax.models.lora import (check_adapters_start_at_zero, has_adapters, lora_settings, set_dropout_keys,
                                  without_adapters)
 
-__all__ = ["FrozenBase", "lora_split", "reference_of", "policy_of", "describe_lora_state", "REFERENCE_ADAPTER_OFF",
-           "REFERENCE_INITIAL_ADAPTER"]
+__all__ = ["FrozenBase", "lora_split", "reference_of", "policy_of", "describe_lora_state", "lora_task", "run_report",
+           "REFERENCE_ADAPTER_OFF", "REFERENCE_INITIAL_ADAPTER"]
 
 REFERENCE_ADAPTER_OFF = "the adapter-off base (the same arrays as the policy's base; no copy)"
 REFERENCE_INITIAL_ADAPTER = "the policy's initial adapters, frozen, on the shared base"
@@ -122,3 +122,28 @@ def describe_lora_state(state, *, reference_free: bool = False) -> dict:
             "base_bytes": _bytes(frozen.base), "optimizer_state_bytes": _bytes(state.opt_state),
             "reference_adapter_bytes": _bytes(frozen.adapters),
             "reference": reference}
+
+
+def lora_task(base, lora_config=None, init_adapter: str | None = None, *, seed: int = 0):
+    """(policy, reference_model) of a LoRA run: fresh adapters from `lora_config` on `base` with the adapter-off
+    reference, or the adapters of the PEFT directory `init_adapter` with themselves, frozen, as the reference."""
+    from dpo_jax.models.lora import apply_lora, load_adapter
+
+    if (lora_config is None) == (init_adapter is None):
+        raise ValueError("a LoRA run takes either a LoraConfig (fresh adapters) or an adapter directory to continue")
+    if init_adapter is not None:
+        policy = load_adapter(base, init_adapter)
+        return policy, policy
+    return apply_lora(base, lora_config, seed=seed), base
+
+
+def run_report(state, *, reference_free: bool, init_adapter: str | None = None) -> tuple[dict, list[str]]:
+    """(summary entry, log lines) of a LoRA run: what trains, what it costs, and which model is the reference."""
+    info = describe_lora_state(state, reference_free=reference_free)
+    if init_adapter is not None and not reference_free:
+        info["reference"] = f"the initial adapter from {init_adapter}, frozen, on the shared base (continuing an adapter)"
+    lines = [f"LoRA: trainable {info['trainable_params']:,} / total {info['total_params']:,} parameters "
+             f"({100 * info['trainable_fraction']:.3f}%); optimizer state {info['optimizer_state_bytes']:,} bytes; "
+             f"adapters {info['adapter_bytes']:,} bytes; frozen base {info['base_bytes']:,} bytes",
+             f"LoRA: the reference is {info['reference']}"]
+    return info, lines

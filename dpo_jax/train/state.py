@@ -12,12 +12,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from dpo_jax import sharding
 from dpo_jax.models.lora import has_adapters
 from dpo_jax.train.config import TrainConfig
 from dpo_jax.train.lora import FrozenBase, lora_split
 from dpo_jax.train.optim import make_optimizer
 
-__all__ = ["TrainState", "copy_tree", "init_train_state", "saved_part", "with_frozen_part", "reference_params"]
+__all__ = ["TrainState", "copy_tree", "init_train_state", "saved_part", "with_frozen_part", "reference_params",
+           "trained_policy"]
 
 
 @struct.dataclass
@@ -83,3 +85,12 @@ def reference_params(state, reference_model):
     if isinstance(state.ref_params, FrozenBase):
         return state.ref_params
     return nnx.split(reference_model, nnx.Param)[1]
+
+
+def trained_policy(graphdef, state, mesh):
+    """The policy of `state` as a model whose trained parameters are replicated (addressable on every process, to
+    be written); a LoRA policy's frozen base stays where it is (its adapters are what a run writes)."""
+    params = sharding.gather_replicated(state.params, mesh)
+    if isinstance(state.ref_params, FrozenBase):
+        return nnx.merge(graphdef, params, state.ref_params.base)
+    return nnx.merge(graphdef, params)
