@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--compute-dtype", choices=("float32", "bfloat16", "float16"),
                          help="forward dtype; master weights, log-softmax and loss stay float32")
     forward.add_argument("--bf16", action="store_true", help="shorthand for --compute-dtype bfloat16")
-    forward.add_argument("--attention", choices=ATTENTION_BACKENDS, default="xla", help="attention backend")
+    forward.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
+                         help="attention backend (auto: cudnn on NVIDIA GPUs in bf16/fp16, splash on TPU, else xla)")
     model = train.add_argument_group("model (with --data)")
     model.add_argument("--dim", type=_positive_int, default=64)
     model.add_argument("--depth", type=_positive_int, default=2)
