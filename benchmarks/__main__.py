@@ -86,10 +86,13 @@ def run_suite(args, argv) -> int:
     for path in suite.paths().values():
         if path.exists():
             print(f"[suite] wrote {path}")
-    parity = payload.get("parity") or {}
-    print(f"[suite] {payload['status']} in {payload['wall_s']:.0f} s; parity "
-          f"{'ok' if parity.get('parity_ok') else 'NOT ok: ' + str(parity.get('failed') or parity.get('error'))}")
-    return 0 if parity.get("parity_ok") or "parity" not in parts else 1
+    parity = payload.get("parity")
+    if parity is None:
+        verdict = "not run"
+    else:
+        verdict = "ok" if parity.get("parity_ok") else f"NOT ok: {parity.get('failed') or parity.get('error')}"
+    print(f"[suite] {payload['status']} in {payload['wall_s']:.0f} s; parity {verdict}")
+    return 1 if parity is not None and not parity.get("parity_ok") else 0
 
 
 def main(argv=None) -> int:

@@ -106,20 +106,20 @@ def jax_chunked_head(setup, batch, config):
     targets, masks = jnp.asarray(arrays[4]), jnp.asarray(arrays[5], jnp.float32)
     pairs = config.pairs
 
-    def seq_logps(h, w):
+    def seq_logps(h, w, targets, masks):
         logps = chunked_token_logprobs(h, w, targets, chunk_size=DEFAULT_CHUNK_SIZE)
         return (logps * masks).sum(-1) / masks.sum(-1)
 
-    def loss_fn(h, w):
-        ref = jax.lax.stop_gradient(seq_logps(ref_hidden, ref_weight))
-        pol = seq_logps(h, w)
+    def loss_fn(h, w, ref_h, ref_w, targets, masks):  # every array an argument: nothing for XLA to constant-fold
+        ref = jax.lax.stop_gradient(seq_logps(ref_h, ref_w, targets, masks))
+        pol = seq_logps(h, w, targets, masks)
         logits = (pol[:pairs] - pol[pairs:]) - (ref[:pairs] - ref[pairs:])
         return -jax.nn.log_sigmoid(config.beta * logits).mean()
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
 
     def step():
-        loss, grads = grad_fn(hidden, weight)
+        loss, grads = grad_fn(hidden, weight, ref_hidden, ref_weight, targets, masks)
         jax.block_until_ready((loss, grads))
         return float(loss)
     return step

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from flax import nnx
 from dpo_jax import sharding
 from dpo_jax.data import read_preference_jsonl
 from dpo_jax.layouts import layout_batches, validate_layout
+from dpo_jax.ops.attention import attention_report, reset_attention_report
 from dpo_jax.train.checkpoint import Checkpointer
 from dpo_jax.train.config import TrainConfig
 from dpo_jax.train.outputs import (POLICY_FILE, PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
@@ -223,6 +225,7 @@ def run(config: RunConfig) -> dict:
         cache = ReferenceCache(graphdef, nnx.split(task.reference, nnx.Param)[1], train_config, config.layout)
         cache.precompute(batches.get_batch(s)[0] for s in range(start, num_steps))
 
+    reset_attention_report()  # the run log names the attention backend of this run's step ("auto" decides)
     progress = _Progress(config.progress, start, num_steps)
     timed_tokens, timed_seconds, metrics = 0, 0.0, {}
     try:
@@ -233,6 +236,9 @@ def run(config: RunConfig) -> dict:
             began = time.perf_counter()
             state, device_metrics = step_fn(state, sharding.make_global_batch(arrays, mesh))
             metrics = {k: np.asarray(v).item() for k, v in jax.device_get(device_metrics).items()}
+            if step == start and primary:
+                for line in attention_report():
+                    print(f"[dpo-jax] {line}", file=sys.stderr)
             if step > start:  # the first step of a process compiles; keep it out of the throughput
                 timed_seconds += time.perf_counter() - began
                 timed_tokens += num_scored
@@ -264,7 +270,8 @@ def run(config: RunConfig) -> dict:
         plot_training(log.records, os.path.join(run_dir, PLOT_FILE))
     summary = {"steps": num_steps, "run_dir": os.path.abspath(run_dir),
                "tokens_per_s": timed_tokens / timed_seconds if timed_seconds > 0 else None,
-               **{k: (metrics or (log.records[-1] if log.records else {})).get(k) for k in LOGGED_METRICS}}
+               **{k: (metrics or (log.records[-1] if log.records else {})).get(k) for k in LOGGED_METRICS},
+               "attention": attention_report()}
     if task.demo is not None:
         summary["preferred_rate_before"] = meta.get("preferred_rate_before")
         summary["preferred_rate_after"] = float(task.demo.preferred_rate(policy, seed=config.seed))
