@@ -182,6 +182,15 @@ def test_padding_queries_are_zero_for_every_backend():
         assert np.all(np.asarray(out)[0, :, 17:] == 0) and np.all(np.abs(np.asarray(out)[0, :, :17]) > 0)
 
 
+def test_queries_with_no_visible_key_are_zero_for_every_backend():
+    q, k, v = qkv(4, 2)
+    dense = np.ones((B, N, N), bool)
+    dense[0, 5] = False  # query 5 of row 0 may see nothing
+    for backend in ("xla", "jax_nn"):
+        out, _ = attend(q, k, v, mask=AttentionMask(dense=jnp.asarray(dense)), scale=0.3, backend=backend)
+        assert np.all(np.asarray(out)[0, :, 5] == 0) and np.all(np.abs(np.asarray(out)[0, :, 6]) > 0)
+
+
 def test_bad_shapes_and_names_are_refused():
     q, k, v = qkv(4, 4)
     with pytest.raises(ValueError, match="multiple of kv heads"):
@@ -192,6 +201,8 @@ def test_bad_shapes_and_names_are_refused():
         attend(q, k, v, scale=0.3, backend="flash")
     with pytest.raises(ValueError, match="unknown kv_layout"):
         attend(q, k, v, scale=0.3, kv_layout="interleaved")
+    with pytest.raises(ValueError, match="sliding_window must be a positive int"):
+        attend(q, k, v, mask=AttentionMask(sliding_window=0), scale=0.3)
 
 
 def test_cudnn_on_cpu_is_a_clear_error():

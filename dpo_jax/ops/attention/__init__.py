@@ -75,6 +75,9 @@ def attend(q, k, v, *, mask: AttentionMask | None = None, scale: float, bias=Non
     validate_kv_layout(kv_layout)
     _check_shapes(q, k, v, num_prefix_keys, prev_scores, bias)
     mask = AttentionMask() if mask is None else mask
+    window = mask.sliding_window
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"sliding_window must be a positive int or None, got {window!r}")
     call = AttentionCall.of(q, k, v, mask=mask, bias=bias, prev_scores=prev_scores,
                             num_prefix_keys=num_prefix_keys, softcap=softcap, return_scores=return_scores)
     choice = choose(backend, call)

@@ -71,16 +71,14 @@ class AttentionMask:
 
         A padding token's query (key_padding False), and a query that no rule lets see any key (judged without
         causality, so a prefix key or its own position keeps it alive). Fully masked softmax rows differ
-        between kernels; fixing them to 0 here means no backend has to agree on them.
+        between kernels; fixing them to 0 here means no backend has to agree on them. Segment ids, branch ids
+        and windows always let a query see its own key, so only a dense mask can leave a real query without
+        one: the [B, N, N] rules are folded only then.
         """
-        silent = None
-        if self.key_padding is not None:
-            silent = ~jnp.asarray(self.key_padding)
-        if num_prefix_keys == 0:
-            allowed = self.allowed(length)
-            if allowed is not None:
-                empty = ~jnp.any(allowed, axis=-1)
-                silent = empty if silent is None else silent | empty
+        silent = None if self.key_padding is None else ~jnp.asarray(self.key_padding)
+        if num_prefix_keys == 0 and self.dense is not None:
+            empty = ~jnp.any(self.allowed(length), axis=-1)
+            silent = empty if silent is None else silent | empty
         return silent
 
     def rules(self) -> tuple[str, ...]:
