@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.suite.plan import HEAD_CORE, HEAD_EXTRA, MODEL_CORE, MODEL_EXTRA, SWEEP_CORE, SWEEP_EXTRA
+from benchmarks.suite.plan import HEAD_CONTENDERS, MODEL_CONTENDERS, MODEL_TIERS, SWEEP_CONTENDERS
 
 REPO = Path(__file__).resolve().parent.parent
 CUDA_ONLY = ("liger_dpo", "liger_head")  # Triton kernels: skipped on a CPU, with the reason
@@ -67,8 +67,9 @@ def test_parity_rows_pass_and_gpu_only_rows_say_why(dry_run):
             assert row["status"] == "skipped" and row["reason"]
 
 
-@pytest.mark.parametrize("part, contenders", [("gpu-125m", MODEL_CORE + MODEL_EXTRA), ("gpu-350m", MODEL_CORE),
-                                              ("head-128k", HEAD_CORE + HEAD_EXTRA)])
+@pytest.mark.parametrize("part, contenders", [("gpu-125m", MODEL_CONTENDERS),
+                                              ("gpu-350m", MODEL_TIERS[0] + MODEL_TIERS[1]),
+                                              ("head-128k", HEAD_CONTENDERS)])
 def test_every_contender_measured_or_skipped_with_a_reason(dry_run, part, contenders):
     results = dry_run[0]["presets"][part]["contenders"]
     assert set(results) == set(contenders)
@@ -89,7 +90,7 @@ def test_sweep_has_every_length_and_reuses_the_preset_point(dry_run):
     payload, written, _ = dry_run
     points = payload["sweep"]["points"]
     for point in points.values():
-        assert set(point["contenders"]) == set(SWEEP_CORE + SWEEP_EXTRA)
+        assert set(point["contenders"]) == set(SWEEP_CONTENDERS)
         assert all(r.get("error") is None and r["tokens_per_s"] > 0 for r in point["contenders"].values())
     summary = written["gpu-suite.md"].read_text()
     assert "| 32 (2) |" in summary and "| 64 (1) |" in summary  # 32: the tiny gpu-125m preset itself
@@ -108,7 +109,7 @@ def test_budget_lists_what_did_not_fit_and_resume_keeps_what_was_measured(dry_ru
     suite("--out-dir", str(tmp_path / "cut"), "--parts", "environment,gpu-125m", "--budget-s", "5")
     cut = json.loads(files(tmp_path / "cut")["gpu-suite.json"].read_text())
     assert cut["status"] == "cut by the time budget"
-    assert [s["task"] for s in cut["skipped"]] == [f"gpu-125m/{n}" for n in MODEL_CORE + MODEL_EXTRA]
+    assert [s["task"] for s in cut["skipped"]] == [f"gpu-125m/{n}" for n in MODEL_CONTENDERS]
     assert "--parts gpu-125m --resume" in files(tmp_path / "cut")["gpu-suite.md"].read_text()
 
     full = dry_run[1]["gpu-suite.json"]

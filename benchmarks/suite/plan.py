@@ -1,11 +1,13 @@
 """What `python -m benchmarks --suite gpu` measures, in which order, at which shapes.
 
 Parts: environment, parity, the presets gpu-125m, head-128k and gpu-350m with every contender that applies,
-and the sequence-length sweep. The tasks run in two passes: first the core of each part (the default dpo_jax
-path against the torch baselines), then the extras (more contenders, more backends), so a run cut short by its
-time budget still holds one complete comparison per part. `--dry-run` swaps every shape for a tiny one (and
-torch.compile's inductor for aot_eager) so the whole plan runs on a CPU in CI; it runs the extra contenders of
-the model presets once (at gpu-125m), since gpu-350m's differ only in depth.
+and the sequence-length sweep. The contenders run in three passes (tiers) over every part: first the library's
+default path against x-transformers (and the two chunked heads), then the other baselines (dpo_torch, Liger,
+the einsum attention), then the variants (torch.compile, prefix sharing, packing, jax.nn). A run cut short by
+its time budget still compares the main pair in every part, instead of measuring one part completely.
+`--dry-run` swaps every shape for a tiny one (and torch.compile's inductor for aot_eager) so the whole plan runs
+on a CPU in CI; it runs the third tier of the model presets once (at gpu-125m), since gpu-350m's differ only in
+depth.
 
 Sizing for the default budget (8 minutes of suite on one H100/H200): each contender is one process (imports,
 the seed-built model, compilation, then `warmup` + `repeats` steps), and compilation dominates: repeats are
@@ -22,12 +24,14 @@ from benchmarks.presets import PRESETS, BenchConfig
 
 PART_NAMES = ("environment", "parity", "gpu-125m", "head-128k", "gpu-350m", "sweep-seq")
 
-MODEL_CORE = ("dpo_jax", "x_transformers", "dpo_torch", "dpo_jax_xla")
-MODEL_EXTRA = ("liger_dpo", "dpo_torch_compile", "dpo_jax_prefix_sharing", "dpo_jax_packed", "dpo_jax_jax_nn")
-HEAD_CORE = ("torch_head", "jax_chunked_head", "liger_head")
-HEAD_EXTRA = ("jax_head",)
-SWEEP_CORE = ("dpo_jax", "dpo_torch")
-SWEEP_EXTRA = ("dpo_jax_xla",)
+# (tier 1, tier 2, tier 3) per kind of part
+MODEL_TIERS = (("dpo_jax", "x_transformers"), ("dpo_torch", "dpo_jax_xla", "liger_dpo"),
+               ("dpo_torch_compile", "dpo_jax_prefix_sharing", "dpo_jax_packed", "dpo_jax_jax_nn"))
+HEAD_TIERS = (("torch_head", "jax_chunked_head"), ("liger_head",), ("jax_head",))
+SWEEP_TIERS = (("dpo_jax",), ("dpo_torch",), ("dpo_jax_xla",))
+MODEL_CONTENDERS = sum(MODEL_TIERS, ())
+HEAD_CONTENDERS = sum(HEAD_TIERS, ())
+SWEEP_CONTENDERS = sum(SWEEP_TIERS, ())
 SWEEP_LENGTHS = (512, 2048, 4096)  # and gpu-125m's own 1024
 SWEEP_TOKENS = 16384  # pairs = SWEEP_TOKENS // length: gpu-125m's tokens per step at every length
 
@@ -80,7 +84,7 @@ def sweep_points(dry_run: bool) -> list[tuple[int, BenchConfig]]:
 
 
 def plan(parts=PART_NAMES, *, dry_run: bool = False) -> list[Task]:
-    """Every task of the chosen parts: environment and parity first, then the core pass, then the extras."""
+    """Every task of the chosen parts: environment and parity first, then the contenders tier by tier."""
     unknown = [p for p in parts if p not in PART_NAMES]
     if unknown:
         raise ValueError(f"unknown suite part(s) {unknown}; expected some of {', '.join(PART_NAMES)}")
@@ -89,11 +93,10 @@ def plan(parts=PART_NAMES, *, dry_run: bool = False) -> list[Task]:
         tasks.append(Task("environment", None))
     if "parity" in parts:
         tasks.append(Task("parity", None, TINY_PARITY if dry_run else PARITY))
-    for contenders in ((MODEL_CORE, HEAD_CORE, SWEEP_CORE), (MODEL_EXTRA, HEAD_EXTRA, SWEEP_EXTRA)):
-        model, head, sweep = contenders
+    for tier, (model, head, sweep) in enumerate(zip(MODEL_TIERS, HEAD_TIERS, SWEEP_TIERS)):
         for part, names in (("gpu-125m", model), ("head-128k", head), ("gpu-350m", model)):
-            if dry_run and part == "gpu-350m" and names is MODEL_EXTRA:
-                continue  # the rehearsal runs each extra contender once (at gpu-125m): same code, deeper model
+            if dry_run and part == "gpu-350m" and tier == 2:
+                continue  # the rehearsal runs the variants once (at gpu-125m): same code, a deeper model
             if part in parts:
                 tasks += [Task(part, name, preset_config(part, dry_run)) for name in names]
         if "sweep-seq" in parts:
