@@ -27,7 +27,7 @@ case "${1:-}" in
       "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
       export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     fi
-    export PYTHONPATH="$PWD:$PYTHONPATH" PYTHONUNBUFFERED=1
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     out="${OUT:-benchmarks/results}"
     mkdir -p "$out"
     "$python" -m benchmarks --suite gpu --out-dir "$out" "$@" 2>&1 | tee "$out/suite.log"
