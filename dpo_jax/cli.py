@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--compute-dtype", choices=("float32", "bfloat16", "float16"),
                          help="forward dtype; master weights, log-softmax and loss stay float32")
     forward.add_argument("--bf16", action="store_true", help="shorthand for --compute-dtype bfloat16")
-    forward.add_argument("--attention", choices=ATTENTION_BACKENDS, default="xla", help="attention backend")
+    forward.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
+                         help="attention backend (auto: cudnn on NVIDIA GPUs in bf16/fp16, splash on TPU, else xla)")
     model = train.add_argument_group("model (with --data)")
     model.add_argument("--model", metavar="DIR", help="a Hugging Face model directory (Llama, Mistral, Qwen2, Qwen3, "
                        "Gemma 2, Gemma 3): policy, reference and tokenizer start from it; the run writes hf_policy/; "

@@ -23,6 +23,7 @@ from flax import nnx
 from dpo_jax import sharding
 from dpo_jax.layouts import layout_batches, validate_layout
 from dpo_jax.models.lora import LoraConfig
+from dpo_jax.ops.attention import attention_report, reset_attention_report
 from dpo_jax.train.checkpoint import Checkpointer
 from dpo_jax.train.config import TrainConfig
 from dpo_jax.train.evaluation import EVAL_METRICS, EVAL_PREFIX, Evaluator
@@ -303,6 +304,7 @@ def run(config: RunConfig) -> dict:
         if evaluator is not None:
             cache.precompute(evaluator.batch_arrays())
 
+    reset_attention_report()  # the run log names the attention backend of this run's step ("auto" decides)
     progress = _Progress(config.progress, start, num_steps)
     timed_tokens, timed_seconds, metrics = 0, 0.0, {}
     try:
@@ -313,6 +315,9 @@ def run(config: RunConfig) -> dict:
             began = time.perf_counter()
             state, device_metrics = step_fn(state, sharding.make_global_batch(arrays, mesh))
             metrics = {k: np.asarray(v).item() for k, v in jax.device_get(device_metrics).items()}
+            if step == start and primary:
+                for line in attention_report():
+                    print(f"[dpo-jax] {line}", file=sys.stderr)
             if step > start:  # the first step of a process compiles; keep it out of the throughput
                 timed_seconds += time.perf_counter() - began
                 timed_tokens += num_scored
@@ -346,7 +351,8 @@ def run(config: RunConfig) -> dict:
         plot_training(log.records, os.path.join(run_dir, PLOT_FILE))
     summary = {"steps": num_steps, "run_dir": os.path.abspath(run_dir),
                "tokens_per_s": timed_tokens / timed_seconds if timed_seconds > 0 else None,
-               **{k: (metrics or (log.records[-1] if log.records else {})).get(k) for k in LOGGED_METRICS}}
+               **{k: (metrics or (log.records[-1] if log.records else {})).get(k) for k in LOGGED_METRICS},
+               "attention": attention_report()}
     if evaluator is not None:
         summary.update(_last_eval(log.records), eval_pairs=len(evaluator))
     if task.data is not None:

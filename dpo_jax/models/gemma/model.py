@@ -67,14 +67,14 @@ class GemmaForCausalLM(nnx.Module):
     def max_seq_len(self) -> int:
         return self.config.max_position_embeddings
 
-    def __call__(self, tokens, *, attention_mask=None, positions=None, attention=None, attention_backend="xla"):
+    def __call__(self, tokens, *, attention_mask=None, positions=None, attention=None, attention_backend="auto"):
         """Logits [B, N, V], softcapped when the config says so. Arguments as in `hidden_states`."""
         return head_logits(self.hidden_states(tokens, attention_mask=attention_mask, positions=positions,
                                               attention=attention, attention_backend=attention_backend),
                            self.output_head())
 
     def hidden_states(self, tokens, *, attention_mask=None, positions=None, attention=None, remat=None,
-                      attention_backend="xla"):
+                      attention_backend="auto"):
         """Final-norm hidden states [B, N, hidden_size]; arguments as `LlamaForCausalLM.hidden_states`."""
         config = self.config
         tokens, positions, attention = decoder_inputs(tokens, vocab_size=config.vocab_size,

@@ -61,14 +61,14 @@ class LlamaForCausalLM(nnx.Module):
     def max_seq_len(self) -> int:
         return self.config.max_position_embeddings
 
-    def __call__(self, tokens, *, attention_mask=None, positions=None, attention=None, attention_backend="xla"):
+    def __call__(self, tokens, *, attention_mask=None, positions=None, attention=None, attention_backend="auto"):
         """Logits [B, N, V] (in the compute dtype). Arguments as in `hidden_states`."""
         return head_logits(self.hidden_states(tokens, attention_mask=attention_mask, positions=positions,
                                               attention=attention, attention_backend=attention_backend),
                            self.output_head())
 
     def hidden_states(self, tokens, *, attention_mask=None, positions=None, attention=None, remat=None,
-                      attention_backend="xla"):
+                      attention_backend="auto"):
         """Final-norm hidden states [B, N, hidden_size].
 
         attention_mask [B, N] bool: transformers' padding mask (True on real tokens). positions [B, N]: the
