@@ -140,3 +140,26 @@ def test_refused_lora_options(model_and_data, tmp_path, capsys, extra, message):
 def test_targets_that_match_nothing_end_with_a_clear_error(model_and_data, tmp_path, capsys):
     assert main(train_args(model_and_data, tmp_path / "run", "--lora-r", "4", "--lora-targets", "qproj")) == 2
     assert "'qproj' matches no linear layer" in capsys.readouterr().err
+
+
+def test_hf_demo_lora_recipe_trains_adapters_and_reads_them_back(model_and_data, tmp_path):
+    """`python -m dpo_jax.hf_demo --lora-r R`: step 2 asks for rank-R adapters (alpha 2R, the LoRA learning rate)
+    and step 3 evaluates the SFT model with the run's adapter directory on it (no training here: see README)."""
+    from dpo_jax import cli, hf_demo
+
+    command = hf_demo.train_command(str(tmp_path), lora_r=4)
+    parser = cli.build_parser()
+    config = cli.run_config_from_args(parser.parse_args(command), parser)
+    assert (config.lora.r, config.lora.alpha, config.train.learning_rate) == (4, 8.0, hf_demo.LORA_LEARNING_RATE)
+    assert cli.run_config_from_args(parser.parse_args(hf_demo.train_command(str(tmp_path))), parser).lora is None
+    os.symlink(model_and_data / "model", tmp_path / hf_demo.SFT_DIR)
+    base = dpo_jax.from_pretrained(str(model_and_data / "model"))
+    adapted = lora.apply_lora(base, dpo_jax.LoraConfig(r=4, alpha=8, init="zero_a"))
+    for _, adapter in lora.adapters(adapted):  # both factors non-zero, as after training
+        adapter.a.set_value(adapter.a.get_value() + 0.1)
+    dpo_jax.save_adapter(adapted, str(tmp_path / hf_demo.RUN_DIR / "adapter"))
+    policy = hf_demo.trained_policy(str(tmp_path))
+    tokens = np.array([[3, 1, 4, 10, 1, 3, 4]])
+    logits = nnx.jit(lambda model: model(tokens))  # one compilation per model instead of op by op
+    np.testing.assert_allclose(np.asarray(logits(policy)), np.asarray(logits(adapted)), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(np.asarray(logits(policy)), np.asarray(logits(base)), atol=1e-4)
