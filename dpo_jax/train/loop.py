@@ -32,6 +32,12 @@ from dpo_jax.train.step import make_train_step
 
 LOGGED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                   "logps/chosen", "logps/rejected", "grad_norm", "lr")
+# logged too when the loss reports them: loss/<type> per term of a combination, nll_loss, logits/*
+OPTIONAL_METRICS = ("loss/", "nll_loss", "logits/")
+
+
+def _optional_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith(OPTIONAL_METRICS)}
 
 
 class NonFiniteError(RuntimeError):
@@ -246,7 +252,8 @@ def run(config: RunConfig) -> dict:
             done = step + 1
             tokens_per_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
             if done % config.log_every == 0 or done == num_steps:
-                log.append(done, {**{k: metrics[k] for k in LOGGED_METRICS}, "tokens_per_s": tokens_per_s})
+                log.append(done, {**{k: metrics[k] for k in LOGGED_METRICS}, **_optional_metrics(metrics),
+                                  "tokens_per_s": tokens_per_s})
             progress.update({"step": done, "loss": f"{metrics['loss']:.4f}",
                              "acc": f"{metrics['rewards/accuracies']:.2f}", "tok/s": f"{tokens_per_s:.0f}"})
             if done % config.checkpoint_every == 0 or done == num_steps:
