@@ -123,7 +123,7 @@ def ld_sequence_logprobs(chosen_token_logps, rejected_token_logps, chosen_mask, 
 def sequence_statistics(token_logps, mask, statistics, head_statistics=None):
     """`SequenceStats` [B] of token log-probs [B, T] under `mask` [B, T], or None when nothing is asked for.
 
-    `head_statistics` holds the per-position "sq_probs" / "mean_logits" [B, T] the head computed (when asked for).
+    `head_statistics` holds the per-position "sq_probs" / "mean_logits" [B, T] of the logits (when asked for).
     """
     statistics = check_statistics(statistics)
     if not statistics:
