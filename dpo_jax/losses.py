@@ -38,7 +38,7 @@ from dpo_jax.logprobs import check_statistics
 
 __all__ = [
     "LossSpec", "LOSSES", "LOSS_TYPES", "DIVERGENCES", "DIVERGENCE_LOSSES", "REFERENCE_FREE_LOSSES",
-    "TOKEN_STATISTICS_LOSSES", "BATCH_LEVEL_LOSSES", "UNWEIGHTED_LOSSES", "LABEL_SMOOTHING_RANGES", "METRIC_NAMES",
+    "TOKEN_STATISTICS_LOSSES", "BATCH_LEVEL_LOSSES", "LABEL_SMOOTHING_RANGES", "METRIC_NAMES",
     "EXTRA_METRIC_NAMES", "DISCOPOP_TAU", "EXP_CLAMP", "ORPO_MAX_MEAN_LOGP", "loss_terms", "is_combination",
     "needs_reference", "required_statistics", "validate_loss_options", "divergence_score", "preference_margin",
     "pair_losses", "wpo_weights", "preference_metrics", "preference_loss",
@@ -326,10 +326,10 @@ REFERENCE_FREE_LOSSES = tuple(name for name, spec in LOSSES.items()
 # Losses that read `SequenceStats` (token counts and sums) besides the reduced log-probs.
 TOKEN_STATISTICS_LOSSES = tuple(name for name, spec in LOSSES.items()
                                 if spec.reads in ("normalized_scores", "token_sums", "odds"))
-# Losses that are not a mean of per-pair losses: the batch is sorted (one loss per rank) or reduced as a whole.
-BATCH_LEVEL_LOSSES = tuple(name for name, spec in LOSSES.items() if spec.reads in ("batch_sorted", "token_sums", "odds"))
-# WPO weights pairs: not losses whose terms are ranks of a sort or token means over the batch.
-UNWEIGHTED_LOSSES = BATCH_LEVEL_LOSSES
+# Losses that are not a mean of per-pair losses: the batch is sorted (one loss per rank) or reduced as a whole;
+# WPO, which weights pairs, does not apply to them.
+BATCH_LEVEL_LOSSES = tuple(name for name, spec in LOSSES.items()
+                           if spec.reads in ("batch_sorted", "token_sums", "odds"))
 # label_smoothing: allowed interval per loss, as (low, high, low_inclusive, high_inclusive).
 LABEL_SMOOTHING_RANGES = {name: spec.label_smoothing for name, spec in LOSSES.items()
                           if spec.label_smoothing is not None}
@@ -449,7 +449,7 @@ def validate_loss_options(*, beta, loss_type, label_smoothing, divergence, alpha
         raise ValueError(f"use_weighting must be True or False, got {use_weighting!r}")
     if use_weighting:
         for name in types:
-            if name in UNWEIGHTED_LOSSES:
+            if name in BATCH_LEVEL_LOSSES:
                 raise ValueError(f"use_weighting (WPO) weights pairs and does not apply to loss_type {name!r} "
                                  "(a batch-level loss); drop one of them")
     if ld_alpha is not None:

@@ -107,9 +107,10 @@ def padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, reject
                                                      scored[batch:], ld_alpha))
     stats = sequence_statistics(token_logps, scored, statistics, head_statistics)
     if complete is not None:  # a scored token outside the window: refuse loudly, never truncate
-        refuse = lambda x: jnp.where(complete, x, jnp.nan)  # noqa: E731
+        def refuse(values):
+            return None if values is None else jnp.where(complete, values, jnp.nan)
         logps = refuse(logps)
-        stats = None if stats is None else SequenceStats(*(None if x is None else refuse(x) for x in stats))
+        stats = None if stats is None else SequenceStats(*map(refuse, stats))
     if stats is None:
         return PairLogps(logps[:batch], logps[batch:])
     halves = [SequenceStats(*(None if x is None else part(x) for x in stats))
