@@ -45,7 +45,7 @@ ROWS.update({
     "WPO: sigmoid, use_weighting": dict(loss_type="sigmoid", use_weighting=True),
     "LD-DPO: sigmoid, ld_alpha 0.5": dict(loss_type="sigmoid", ld_alpha=0.5),
 })
-MODEL_DEFAULTS = {"simpo": dict(beta=0.1), "exo_pair": dict(label_smoothing=1e-3)}
+MODEL_DEFAULTS = {"exo_pair": dict(label_smoothing=1e-3)}
 NEEDS_SUM = ("sigmoid_norm",)
 
 

@@ -95,11 +95,7 @@ def test_statistics_and_ld_logprobs_match_the_oracle(models, forward):
 
     jax_logps = padded_pair_logps(jax_policy, jnp_batch["preferred_seq"], jnp_batch["unpreferred_seq"], chosen_mask,
                                   rejected_mask, "sum", ld_alpha=0.3, statistics=STATISTICS, forward=forward)
-    dpo = DPO(policy, pad_id=pad_id, reduction="sum", ld_alpha=0.3, use_weighting=True, logits_metrics=True)
-    with torch.no_grad():
-        torch_logps = dpo._pair_logprobs(policy, torch.from_numpy(batch["preferred_seq"]),
-                                         torch.from_numpy(batch["unpreferred_seq"]), torch.from_numpy(masks[0]),
-                                         torch.from_numpy(masks[1]), STATISTICS)
+    torch_logps = torch_pair_values(policy, batch, masks, dict(reduction="sum", ld_alpha=0.3), STATISTICS)
     faces = {"jax": (jax_logps.chosen, jax_logps.rejected, jax_logps.chosen_stats, jax_logps.rejected_stats),
              "torch": torch_logps}
     for face, (chosen, rejected, chosen_stats, rejected_stats) in faces.items():
