@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dpo_jax import losses as jl
 from dpo_jax.logprobs import SequenceStats as JaxStats
@@ -338,3 +340,29 @@ def test_required_statistics_are_empty_on_the_default_path():
         assert module.required_statistics(["sigmoid", "sft"]) == ("token_sums",)
         assert module.required_statistics("sigmoid", use_weighting=True) == ("token_sums", "sq_probs")
         assert module.required_statistics("sigmoid", logits_metrics=True) == ("token_sums", "mean_logits")
+
+
+def test_batch_level_losses_are_not_per_pair():
+    logps = jnp.full(3, -1.0)
+    for loss_type in ("sft", "orpo"):
+        with pytest.raises(ValueError, match="batch-level loss"):
+            jl.pair_losses(logps, logps, loss_type=loss_type)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), loss_type=st.sampled_from(["aot", "aot_unpaired", "sft", "orpo", "sigmoid"]))
+def test_batch_losses_do_not_depend_on_the_order_of_the_pairs(seed, loss_type):
+    """A batch sort, a token mean and a mean of per-pair losses are all invariant to shuffling the pairs."""
+    logps, sides = make_inputs(seed, batch=8)
+    order = np.random.default_rng(seed).permutation(8)
+    options = dict(beta=0.1, loss_type=loss_type)
+
+    def loss(permutation):
+        with jax.enable_x64(True):
+            stats = [JaxStats(*(jnp.asarray(side[k][permutation]) for k in ("tokens", "logp_sum"))) for side in sides]
+            reference = ([jnp.asarray(x[permutation]) for x in logps[2:]] if loss_type not in ("sft", "orpo")
+                         else [None, None])
+            return float(jl.preference_loss(*[jnp.asarray(x[permutation]) for x in logps[:2]], *reference,
+                                            chosen_stats=stats[0], rejected_stats=stats[1], **options)[0])
+
+    assert relative(loss(order), loss(np.arange(8))) <= 1e-12
