@@ -17,7 +17,7 @@ from dpo_jax.ops.logprob_head import HEAD_STATISTICS, token_logprobs
 
 __all__ = ["MASK_ALIGNMENTS", "REDUCTIONS", "STATISTICS", "SequenceStats", "check_statistics", "token_logprobs",
            "log_prob_from_model_and_seq", "maybe_and_mask", "scored_mask", "masked_sum", "masked_mean",
-           "sequence_logprobs", "ld_sequence_logprobs", "sequence_statistics"]
+           "sequence_logprobs", "check_ld_reduction", "ld_sequence_logprobs", "sequence_statistics"]
 
 MASK_ALIGNMENTS = ("next_token", "x_transformers")
 REDUCTIONS = ("mean", "sum")
@@ -101,6 +101,12 @@ def sequence_logprobs(token_logps, mask, reduction="mean"):
     if reduction == "sum":
         return masked_sum(token_logps, mask)
     raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+
+
+def check_ld_reduction(ld_alpha, reduction):
+    """LD-DPO rescales summed log-probs: refuse `ld_alpha` with another reduction (it would be silently ignored)."""
+    if ld_alpha is not None and reduction != "sum":
+        raise ValueError(f"ld_alpha (LD-DPO) rescales summed log-probs: it needs reduction='sum', got {reduction!r}")
 
 
 def ld_sequence_logprobs(chosen_token_logps, rejected_token_logps, chosen_mask, rejected_mask, ld_alpha):

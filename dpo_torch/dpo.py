@@ -12,7 +12,7 @@ from torch.nn import Module
 
 from dpo_torch.helpers import exists, freeze_all_layers_, masked_mean, maybe_and_mask
 from dpo_torch.logprobs import (
-    MASK_ALIGNMENTS, REDUCTIONS, ld_sequence_logprobs, log_prob_and_statistics_from_model_and_seq,
+    MASK_ALIGNMENTS, REDUCTIONS, check_ld_reduction, ld_sequence_logprobs, log_prob_and_statistics_from_model_and_seq,
     log_prob_from_model_and_seq, scored_mask, sequence_logprobs, sequence_statistics,
 )
 from dpo_torch.losses import needs_reference, preference_loss, required_statistics, validate_loss_options
@@ -119,6 +119,7 @@ class DPO(Module):
                     self._sequence_logprobs(model, unpreferred_seq, rejected_mask), None, None)
         chosen_tokens, chosen_head = log_prob_and_statistics_from_model_and_seq(model, preferred_seq, statistics)
         rejected_tokens, rejected_head = log_prob_and_statistics_from_model_and_seq(model, unpreferred_seq, statistics)
+        check_ld_reduction(self.ld_alpha, self.reduction)
         if self.ld_alpha is None:
             chosen = sequence_logprobs(chosen_tokens, chosen_mask, self.reduction)
             rejected = sequence_logprobs(rejected_tokens, rejected_mask, self.reduction)

@@ -107,6 +107,12 @@ def sequence_logprobs(token_logps, mask, reduction="mean"):
     raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
 
 
+def check_ld_reduction(ld_alpha, reduction):
+    """LD-DPO rescales summed log-probs: refuse `ld_alpha` with another reduction (it would be silently ignored)."""
+    if ld_alpha is not None and reduction != "sum":
+        raise ValueError(f"ld_alpha (LD-DPO) rescales summed log-probs: it needs reduction='sum', got {reduction!r}")
+
+
 def ld_sequence_logprobs(chosen_token_logps, rejected_token_logps, chosen_mask, rejected_mask, ld_alpha):
     """LD-DPO per-sequence log-probs (chosen [B], rejected [B]): the sum over the first min(|y_c|, |y_r|) scored
     tokens of the pair plus `ld_alpha` times the sum over the rest (TRL's definition; both completions alike).

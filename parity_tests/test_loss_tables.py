@@ -57,7 +57,7 @@ def test_statistics_tables_equal():
     assert jlp.STATISTICS == tlp.STATISTICS
     assert jlp.SequenceStats._fields == tlp.SequenceStats._fields
     assert jlp.SequenceStats.__doc__ == tlp.SequenceStats.__doc__
-    for name in ("ld_sequence_logprobs", "sequence_statistics", "check_statistics"):
+    for name in ("ld_sequence_logprobs", "sequence_statistics", "check_statistics", "check_ld_reduction"):
         assert getattr(jlp, name).__doc__ == getattr(tlp, name).__doc__, name
 
 

@@ -17,8 +17,8 @@ import numpy as np
 from dpo_jax.data import PreferenceDataset, truncated_lengths
 from dpo_jax.forward import ForwardOptions
 from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_statistics, window_for_masks, window_indices
-from dpo_jax.logprobs import (SequenceStats, ld_sequence_logprobs, scored_mask, sequence_logprobs,
-                              sequence_statistics, token_logprobs)
+from dpo_jax.logprobs import (SequenceStats, check_ld_reduction, ld_sequence_logprobs, scored_mask,
+                              sequence_logprobs, sequence_statistics, token_logprobs)
 from dpo_jax.models.base import has_fast_path
 from dpo_jax.models.precision import with_compute_dtype
 from dpo_jax.ops.logprob_head import HEAD_STATISTICS, logit_statistics
@@ -78,6 +78,7 @@ def padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, reject
     """`pair_sequence_logprobs` as a `PairLogps`, with each sequence's `SequenceStats` when `statistics` are asked
     for (the head's per-position statistics come out of the same head pass)."""
     options = ForwardOptions.of(forward)
+    check_ld_reduction(ld_alpha, reduction)
     batch = preferred_seq.shape[0]
     seqs = jnp.concatenate([preferred_seq, unpreferred_seq], axis=0)
     masks = jnp.concatenate([chosen_mask, rejected_mask], axis=0)
@@ -113,9 +114,9 @@ def padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, reject
         stats = None if stats is None else SequenceStats(*map(refuse, stats))
     if stats is None:
         return PairLogps(logps[:batch], logps[batch:])
-    halves = [SequenceStats(*(None if x is None else part(x) for x in stats))
-              for part in (lambda x: x[:batch], lambda x: x[batch:])]
-    return PairLogps(logps[:batch], logps[batch:], None, *halves)
+    chosen_stats = SequenceStats(*(None if x is None else x[:batch] for x in stats))
+    rejected_stats = SequenceStats(*(None if x is None else x[batch:] for x in stats))
+    return PairLogps(logps[:batch], logps[batch:], None, chosen_stats, rejected_stats)
 
 
 @dataclasses.dataclass(frozen=True)

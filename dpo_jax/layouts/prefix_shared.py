@@ -38,7 +38,7 @@ import numpy as np
 from dpo_jax.forward import ForwardOptions
 from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_statistics
 from dpo_jax.layouts.padded import PaddedBatches, sequence_masks
-from dpo_jax.logprobs import MASK_ALIGNMENTS, REDUCTIONS, SequenceStats, check_statistics
+from dpo_jax.logprobs import MASK_ALIGNMENTS, REDUCTIONS, SequenceStats, check_ld_reduction, check_statistics
 from dpo_jax.models.base import check_layout
 from dpo_jax.models.precision import with_compute_dtype
 from dpo_jax.ops.attention import PROMPT_BRANCH, AttentionMask
@@ -292,6 +292,7 @@ def shared_pair_logps(token_logps, owners, num_pairs: int, reduction: str = "mea
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
     statistics = check_statistics(statistics)
+    check_ld_reduction(ld_alpha, reduction)
 
     def flat(per_target=None, per_position=None):  # [..., 2] or [...] -> entries in the owners' order
         if per_position is not None:
@@ -300,10 +301,6 @@ def shared_pair_logps(token_logps, owners, num_pairs: int, reduction: str = "mea
 
     values, entry_owners = flat(token_logps), flat(owners)
     buckets = 2 * num_pairs + 1
-
-    def per_sequence(entries):
-        sums = jax.ops.segment_sum(entries, entry_owners, num_segments=buckets)[:-1]
-        return sums[:num_pairs], sums[num_pairs:]
 
     sums = jax.ops.segment_sum(values, entry_owners, num_segments=buckets)[:-1]
     counts = None
