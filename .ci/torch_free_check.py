@@ -32,3 +32,17 @@ loss, grads = nnx.value_and_grad(lambda m: dpo_jax.dpo_loss(m, dpo_jax.Reference
                                                             chosen, rejected, prompt_mask=prompt_mask)[0])(model)
 assert np.isfinite(float(loss)) and all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 print(f"torch-free dpo_jax {dpo_jax.__name__}: loss {float(loss):.4f} on a user NNX model, torch absent")
+
+# A Hugging Face directory written and read back without torch or transformers.
+import tempfile  # noqa: E402
+
+from dpo_jax.models.llama import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2), rngs=nnx.Rngs(0))
+with tempfile.TemporaryDirectory() as directory:
+    dpo_jax.save_pretrained(llama, directory)
+    loaded = dpo_jax.from_pretrained(directory)
+assert np.array_equal(np.asarray(loaded(chosen)), np.asarray(llama(chosen)))
+assert not {"torch", "transformers"} & set(sys.modules)
+print("torch-free from_pretrained / save_pretrained: round trip exact, torch and transformers absent")

@@ -6,6 +6,8 @@
     python -m benchmarks --preset head-128k            # the loss head alone (torch_head, jax_head)
     python -m benchmarks --sweep seq                   # dpo_jax vs dpo_torch over sequence length
     python -m benchmarks --sweep vocab --out /tmp/vocab.json
+    python -m benchmarks --suite gpu                   # the whole GPU suite in one command (docs/gpu.md)
+    python -m benchmarks --suite gpu --dry-run         # every part of it at tiny shapes on CPU (CI)
 """
 
 from __future__ import annotations
@@ -42,12 +44,65 @@ def parse_args(argv):
     parser.add_argument("--peak-flops", type=float, help="device peak FLOP/s for MFU (needed on CPU)")
     parser.add_argument("--sweep", choices=("seq", "vocab"), help="scaling sweep for dpo_jax and dpo_torch")
     parser.add_argument("--out", type=Path, help="FILE.json; FILE.md and FILE.png are written beside it")
+    suite = parser.add_argument_group("the GPU suite (docs/gpu.md)")
+    suite.add_argument("--suite", choices=("gpu",), help="environment, parity, presets and sweep in one run")
+    suite.add_argument("--dry-run", action="store_true", help="every part at tiny shapes, in-process, on CPU")
+    suite.add_argument("--budget-s", type=float, default=480.0,
+                       help="time budget of the whole suite in seconds (default 480: fits one H100/H200 call)")
+    suite.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"),
+                       help="where the JSON, the summary and the figures go (named by device)")
+    suite.add_argument("--parts", help="comma-separated subset of the suite's parts (default: all)")
+    suite.add_argument("--resume", type=Path, help="a previous suite JSON: keep what it measured, run the rest")
     return parser.parse_args(argv)
+
+
+def run_suite(args, argv) -> int:
+    import json
+
+    from benchmarks.suite.plan import PART_NAMES, plan
+    from benchmarks.suite.runner import Suite
+
+    parts = tuple(args.parts.split(",")) if args.parts else PART_NAMES
+    try:
+        tasks = plan(parts, dry_run=args.dry_run)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if args.budget_s <= 0:
+        print(f"--budget-s must be positive, got {args.budget_s}", file=sys.stderr)
+        return 2
+    resume = None
+    if args.resume:
+        try:
+            resume = json.loads(args.resume.read_text())
+        except (OSError, ValueError) as error:
+            print(f"--resume {args.resume}: {error}", file=sys.stderr)
+            return 2
+    print(f"[suite] {len(tasks)} tasks, budget {args.budget_s:.0f} s, results in {args.out_dir}"
+          + (" (dry run)" if args.dry_run else ""))
+    suite = Suite(tasks, out_dir=args.out_dir, budget_s=args.budget_s, dry_run=args.dry_run, resume=resume,
+                  command=[sys.executable, "-m", "benchmarks", *argv])
+    payload = suite.run()
+    for path in suite.paths().values():
+        if path.exists():
+            print(f"[suite] wrote {path}")
+    parity = payload.get("parity")
+    if parity is None:
+        verdict = "not run"
+    else:
+        verdict = "ok" if parity.get("parity_ok") else f"NOT ok: {parity.get('failed') or parity.get('error')}"
+    print(f"[suite] {payload['status']} in {payload['wall_s']:.0f} s; parity {verdict}")
+    return 1 if parity is not None and not parity.get("parity_ok") else 0
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.suite:
+        return run_suite(args, argv)
+    if args.dry_run:
+        print("--dry-run belongs to --suite gpu", file=sys.stderr)
+        return 2
     preset = "quick" if args.quick else args.preset
     overrides = {key: getattr(args, key) for key in
                  ("dim", "depth", "heads", "num_tokens", "pairs", "prompt_len", "completion_len", "dtype",

@@ -112,6 +112,9 @@ def measure(name: str, config) -> dict:
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     result = {"contender": name, "framework": factory.framework}
+    if factory.framework == "jax":
+        from dpo_jax.ops.attention import reset_attention_report
+        reset_attention_report()  # count this contender's attention calls only (the dry run shares a process)
     batch = make_batch(config)
     setup = make_setup(config, factory.framework)
     probe = MemoryProbe(factory.framework)
@@ -141,6 +144,9 @@ def measure(name: str, config) -> dict:
     result["loss_first"], result["loss_last"] = first_loss, loss
     result["scored_tokens"] = batch.scored_tokens
     result["tokens_per_s"] = batch.scored_tokens / result["step_time_s"]["median"]
+    if factory.framework == "jax" and config.kind == "model":
+        from dpo_jax.ops.attention import attention_report
+        result["attention"] = attention_report()  # which backend each attention call compiled with ("auto")
     if not all(math.isfinite(x) for x in (first_loss, loss)):
         result["error"] = f"non-finite loss: first {first_loss}, last {loss}"
     return result

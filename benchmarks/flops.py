@@ -34,7 +34,7 @@ PEAK_FLOPS = {
 def torch_model_config(config: BenchConfig) -> dict:
     """Keyword arguments of the x-transformers model every contender uses (plain pre-norm decoder)."""
     return dict(num_tokens=config.num_tokens, max_seq_len=config.seq_len, dim=config.dim, depth=config.depth,
-                heads=config.heads, attn_dim_head=config.dim_head)
+                heads=config.heads, attn_dim_head=config.dim_head, attn_flash=config.attn_flash)
 
 
 def compute_params(config: BenchConfig) -> int:

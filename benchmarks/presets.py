@@ -37,6 +37,10 @@ class BenchConfig:
     # torch intra-op threads (0: torch's default, one per core). On a machine other jobs also load, torch's
     # OpenMP pool can spin-wait badly (we saw 10x slower tiny steps at load 9 on 2 cores with 2 threads).
     torch_threads: int = 0
+    # x-transformers' attn_flash (torch's scaled_dot_product_attention: flash / cuDNN kernels on a GPU) for the
+    # torch model every torch contender trains; the same math, so the JAX port (attn_flash is a no-op there)
+    # and the FLOPs are unchanged. The GPU presets turn it on: the torch baselines get their fused attention.
+    attn_flash: bool = False
     # head-only preset: rows = 2 * pairs sequences of prompt_len + completion_len tokens.
 
     @property
@@ -67,9 +71,9 @@ PRESETS: dict[str, tuple[BenchConfig, tuple[str, ...]]] = {
     "cpu-longprompt": (BenchConfig(num_tokens=8192, dim=256, depth=4, heads=4, pairs=4, prompt_len=512,
                                    completion_len=128), MODEL_CONTENDERS),
     "gpu-125m": (BenchConfig(num_tokens=32000, dim=768, depth=12, heads=12, pairs=16, prompt_len=512,
-                             completion_len=512, dtype="bfloat16"), MODEL_CONTENDERS),
+                             completion_len=512, dtype="bfloat16", attn_flash=True), MODEL_CONTENDERS),
     "gpu-350m": (BenchConfig(num_tokens=32000, dim=1024, depth=24, heads=16, pairs=16, prompt_len=512,
-                             completion_len=512, dtype="bfloat16"), MODEL_CONTENDERS),
+                             completion_len=512, dtype="bfloat16", attn_flash=True), MODEL_CONTENDERS),
     # Liger-Kernel's loss-head benchmark shape: 32 rows x 512 tokens, hidden 1024, vocab 128256, bf16.
     # 32 rows = 16 pairs; prompt 0 tokens so every non-pad token of a row is scored (as in Liger's setup,
     # but completions still get random lengths between half and full, like the other presets).

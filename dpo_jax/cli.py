@@ -1,7 +1,8 @@
-"""`dpo-jax train`: command-line front end of `dpo_jax.train.run`.
+"""`dpo-jax train`: command-line front end of `dpo_jax.train.run`; `dpo-jax inspect-data`: what the data becomes.
 
-With no options it runs the built-in demo end to end; `--data FILE` trains on a preference JSONL instead.
-Bad options exit through argparse (status 2, message on stderr); a non-finite loss exits with status 1.
+With no options `train` runs the built-in demo end to end; `--data FILE...` trains on preference files instead
+(JSONL, JSON, gzip, Parquet or a saved dataset, in any of TRL's four formats). Bad options exit through argparse
+(status 2, message on stderr), bad data with status 2 and the file and record; a non-finite loss exits with 1.
 """
 
 from __future__ import annotations
@@ -55,13 +56,50 @@ def _loss_weights(text: str):
         raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text}") from None
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
+    return value
+
+
+def add_data_arguments(group, *, train: bool = True) -> None:
+    """--data and what reads it (tokenizer, chat template), plus the held-out evaluation options for `train`."""
+    group.add_argument("--data", nargs="+", action="extend", metavar="FILE",
+                       help="preference file(s): JSONL, JSON, .gz, Parquet or a datasets.save_to_disk folder, in "
+                            "TRL's formats (README: Preference data)" + ("; default: the built-in demo" if train else ""),
+                       required=not train)
+    group.add_argument("--tokenizer", help="Hugging Face tokenizer.json or tokenizer folder (default: byte tokenizer)")
+    group.add_argument("--chat-template", metavar="FILE",
+                       help="Jinja chat template (file, tokenizer_config.json or folder) for conversational data "
+                            "(default: the tokenizer folder's)")
+    if not train:
+        return
+    group.add_argument("--eval-data", nargs="+", action="extend", metavar="FILE", help="held-out preference file(s)")
+    group.add_argument("--eval-split", type=_fraction, metavar="F",
+                       help="hold out this fraction of --data for evaluation (seeded by --seed)")
+    group.add_argument("--eval-every", type=_positive_int, metavar="N",
+                       help="evaluate every N steps (default: only after the last step, which always evaluates)")
+    group.add_argument("--eval-batch-size", type=_positive_int, metavar="N", help="default: --batch-size")
+
+
+def add_inspect_command(commands) -> None:
+    inspect = commands.add_parser("inspect-data", help="show what preference files become: counts, formats, "
+                                                       "lengths, truncation, one rendered example")
+    group = inspect.add_argument_group("data")
+    add_data_arguments(group, train=False)
+    group.add_argument("--model", metavar="DIR", help="a Hugging Face model folder: only its tokenizer files are read "
+                                                      "(tokenizer.json, tokenizer_config.json)")
+    group.add_argument("--max-seq-len", type=_positive_int, default=128, help="the length truncation is measured at")
+    group.add_argument("--example", type=_non_negative_int, default=0, help="which pair to render (0-based)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpo-jax", description="DPO training in JAX/Flax/optax.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a policy with DPO (no options: run the demo)")
     data = train.add_argument_group("data and run")
-    data.add_argument("--data", help="preference JSONL (prompt/chosen/rejected); default: the built-in demo")
-    data.add_argument("--tokenizer", help="Hugging Face tokenizer.json (default: byte tokenizer)")
+    add_data_arguments(data)
     data.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     data.add_argument("--resume", metavar="DIR", help="resume the run in DIR from its last checkpoint")
     data.add_argument("--steps", type=_positive_int)
@@ -83,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(or DPO_JAX_COORDINATOR; TPU pods, SLURM, Open MPI are auto-detected)")
     scale.add_argument("--num-processes", type=_positive_int, help="multi-host: number of processes")
     scale.add_argument("--process-id", type=_non_negative_int, help="multi-host: this process's index")
+    scale.add_argument("--init-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                       help="multi-host: how long a process waits for the coordinator (default 300)")
     loss = train.add_argument_group("loss")
     loss.add_argument("--beta", type=_positive_float, help="default: demo 1.0 (summed log-probs), --data 0.1")
     loss.add_argument("--loss-type", type=_loss_types, default="sigmoid", metavar="TYPE[,TYPE...]",
@@ -121,13 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--compute-dtype", choices=("float32", "bfloat16", "float16"),
                          help="forward dtype; master weights, log-softmax and loss stay float32")
     forward.add_argument("--bf16", action="store_true", help="shorthand for --compute-dtype bfloat16")
-    forward.add_argument("--attention", choices=ATTENTION_BACKENDS, default="xla", help="attention backend")
+    forward.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
+                         help="attention backend (auto: cudnn on NVIDIA GPUs in bf16/fp16, splash on TPU, else xla)")
     model = train.add_argument_group("model (with --data)")
+    model.add_argument("--model", metavar="DIR", help="a Hugging Face model directory (Llama, Mistral, Qwen2, Qwen3, "
+                       "Gemma 2, Gemma 3): policy, reference and tokenizer start from it; the run writes hf_policy/; "
+                       "--max-seq-len caps the pair length")
     model.add_argument("--dim", type=_positive_int, default=64)
     model.add_argument("--depth", type=_positive_int, default=2)
     model.add_argument("--heads", type=_positive_int, default=4)
     model.add_argument("--max-seq-len", type=_positive_int, default=128)
     model.add_argument("--init-from", metavar="FILE.safetensors", help="start from a converted checkpoint")
+    add_inspect_command(commands)
     return parser
 
 
@@ -162,6 +207,8 @@ def run_config_from_args(args, parser):
         config.progress = not args.no_progress
         return config
     fill_task_defaults(args)
+    if args.model is not None and (args.data is None or args.init_from is not None):
+        parser.error("--model needs --data FILE and excludes --init-from")
     if args.dim % args.heads:
         parser.error(f"--dim {args.dim} must be divisible by --heads {args.heads}")
     if args.bf16 and args.compute_dtype not in (None, "bfloat16"):
@@ -183,17 +230,54 @@ def run_config_from_args(args, parser):
         parser.error(str(err))
     if args.batch_size % args.grad_accum:
         parser.error(f"--batch-size {args.batch_size} must be divisible by --grad-accum {args.grad_accum}")
+    check_eval_arguments(args, parser)
     return RunConfig(out_dir=args.out, data=args.data, tokenizer=args.tokenizer, steps=args.steps,
                      batch_size=args.batch_size, seed=args.seed, log_every=args.log_every,
                      checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, dim=args.dim,
                      depth=args.depth, heads=args.heads, max_seq_len=args.max_seq_len, init_from=args.init_from,
+                     model=args.model,
                      quick=args.quick, progress=not args.no_progress, train=train_config, layout=args.layout,
-                     row_len=args.row_len, rows=args.rows, mesh=args.mesh)
+                     row_len=args.row_len, rows=args.rows, mesh=args.mesh, chat_template=args.chat_template,
+                     eval_data=args.eval_data, eval_split=args.eval_split, eval_every=args.eval_every,
+                     eval_batch_size=args.eval_batch_size)
+
+
+def check_eval_arguments(args, parser) -> None:
+    if args.data is None and (args.eval_data or args.eval_split is not None):
+        parser.error("--eval-data / --eval-split need --data (the demo measures its policy by sampling instead)")
+    if args.eval_data and args.eval_split is not None:
+        parser.error("give --eval-data or --eval-split, not both")
+    if not args.eval_data and args.eval_split is None:
+        for flag, value in (("--eval-every", args.eval_every), ("--eval-batch-size", args.eval_batch_size)):
+            if value is not None:
+                parser.error(f"{flag} needs --eval-data or --eval-split")
+
+
+def inspect_main(args) -> int:
+    """`dpo-jax inspect-data`: read and validate the files as `train` would, then print what they became."""
+    from dpo_jax.data import DataError, find_chat_template, inspect_report, read_preference_data
+    from dpo_jax.tokenizer import load_tokenizer
+
+    if args.model and args.tokenizer:
+        print("dpo-jax: give --model DIR or --tokenizer, not both", file=sys.stderr)
+        return 2
+    tokenizer_spec = args.model or args.tokenizer
+    try:
+        tokenizer = load_tokenizer(tokenizer_spec)
+        data = read_preference_data(args.data, tokenizer,
+                                    chat_template=lambda: find_chat_template(args.chat_template, tokenizer_spec))
+        print(inspect_report(data, tokenizer, max_len=args.max_seq_len, example_index=args.example))
+    except (DataError, FileNotFoundError, ValueError, ImportError) as err:
+        print(f"dpo-jax: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "inspect-data":
+        return inspect_main(args)
     config = run_config_from_args(args, parser)
     from dpo_jax.sharding import initialize_distributed, parse_mesh_spec
 
@@ -202,7 +286,11 @@ def main(argv=None) -> int:
             parse_mesh_spec(config.mesh)  # syntax and axis names; the device count is checked by train()
         except ValueError as err:
             parser.error(f"--mesh: {err}")
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    try:
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id, timeout=args.init_timeout)
+    except (ConnectionError, ValueError) as err:
+        print(f"dpo-jax: {err}", file=sys.stderr)
+        return 2
     from dpo_jax.data import DataError
     from dpo_jax.train import NonFiniteError, run
 
@@ -211,7 +299,7 @@ def main(argv=None) -> int:
     except NonFiniteError as err:
         print(f"dpo-jax: {err}", file=sys.stderr)
         return 1
-    except (DataError, FileNotFoundError, ValueError) as err:  # bad data, paths or checkpoint contents
+    except (DataError, FileNotFoundError, ValueError, ImportError) as err:  # bad data, paths, checkpoints, extras
         print(f"dpo-jax: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, sort_keys=True))

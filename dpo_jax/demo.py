@@ -29,7 +29,9 @@ from dpo_jax.data import PreferenceExample
 from dpo_jax.models.x_transformers import Transformer, TransformerConfig
 from dpo_jax.sampling import sample
 
-__all__ = ["DemoTokenizer", "DemoSetup", "DemoSettings", "build_demo", "FULL_SETTINGS", "QUICK_SETTINGS"]
+__all__ = ["DemoTokenizer", "DemoSetup", "DemoSettings", "build_demo", "FULL_SETTINGS", "QUICK_SETTINGS",
+           "split_prompts", "preference_examples", "sample_completions", "sampled_rates", "sft_batches",
+           "train_reference"]
 
 NUM_DIGITS = 10
 SEP_ID, EOS_ID, PAD_ID = 10, 11, 12
@@ -126,21 +128,13 @@ class DemoSetup:
 
     def sample_completions(self, model, *, seed: int = 0, num_prompts: int = 256, temperature: float = 1.0):
         """(prompts [n, K+1], sampled completions [n, K+1]) on the first `num_prompts` held-out prompts."""
-        if not 1 <= num_prompts <= len(self.eval_prompts):
-            raise ValueError(f"num_prompts must be in [1, {len(self.eval_prompts)}], got {num_prompts}")
-        prompts = self.eval_prompts[:num_prompts]
-        tokens = sample(model, prompts, max_new_tokens=self.settings.num_digits + 1, temperature=temperature,
-                        rng=jax.random.key(seed), eos_id=self.eos_id, pad_id=self.pad_id)
-        return prompts, np.asarray(tokens)[:, prompts.shape[1]:]
+        return sample_completions(model, self.eval_prompts, num_digits=self.settings.num_digits, seed=seed,
+                                  num_prompts=num_prompts, temperature=temperature)
 
     def rates(self, model, *, seed: int = 0, num_prompts: int = 256, temperature: float = 1.0) -> dict[str, float]:
         """{"preferred_rate", "valid_rate"} from one set of samples (ascending; either correct order)."""
-        prompts, completions = self.sample_completions(model, seed=seed, num_prompts=num_prompts,
-                                                       temperature=temperature)
-        ascending, descending = sorted_completions(prompts[:, :-1])
-        preferred = (completions == ascending).all(axis=1)
-        valid = preferred | (completions == descending).all(axis=1)
-        return {"preferred_rate": float(preferred.mean()), "valid_rate": float(valid.mean())}
+        return sampled_rates(model, self.eval_prompts, num_digits=self.settings.num_digits, seed=seed,
+                             num_prompts=num_prompts, temperature=temperature)
 
     def preferred_rate(self, model, *, seed: int = 0, num_prompts: int = 256, temperature: float = 1.0) -> float:
         """Share of sampled completions that are exactly the ascending sort followed by eos."""
@@ -149,6 +143,30 @@ class DemoSetup:
     def valid_rate(self, model, *, seed: int = 0, num_prompts: int = 256, temperature: float = 1.0) -> float:
         """Share of sampled completions that are a correct sort (either order) followed by eos."""
         return self.rates(model, seed=seed, num_prompts=num_prompts, temperature=temperature)["valid_rate"]
+
+
+def sample_completions(model, eval_prompts: np.ndarray, *, num_digits: int, seed: int = 0, num_prompts: int = 256,
+                       temperature: float = 1.0):
+    """(prompts [n, K+1], sampled completions [n, K+1]) of any model of the task's vocabulary (the contract's
+    `vocab_size` / `max_seq_len`) on the first `num_prompts` of `eval_prompts`."""
+    if not 1 <= num_prompts <= len(eval_prompts):
+        raise ValueError(f"num_prompts must be in [1, {len(eval_prompts)}], got {num_prompts}")
+    prompts = eval_prompts[:num_prompts]
+    tokens = sample(model, prompts, max_new_tokens=num_digits + 1, temperature=temperature,
+                    rng=jax.random.key(seed), eos_id=EOS_ID, pad_id=PAD_ID)
+    return prompts, np.asarray(tokens)[:, prompts.shape[1]:]
+
+
+def sampled_rates(model, eval_prompts: np.ndarray, *, num_digits: int, seed: int = 0, num_prompts: int = 256,
+                  temperature: float = 1.0) -> dict[str, float]:
+    """{"preferred_rate", "valid_rate"}: the share of sampled completions that are exactly the ascending sort
+    (then eos), and that are a correct sort in either order."""
+    prompts, completions = sample_completions(model, eval_prompts, num_digits=num_digits, seed=seed,
+                                              num_prompts=num_prompts, temperature=temperature)
+    ascending, descending = sorted_completions(prompts[:, :-1])
+    preferred = (completions == ascending).all(axis=1)
+    valid = preferred | (completions == descending).all(axis=1)
+    return {"preferred_rate": float(preferred.mean()), "valid_rate": float(valid.mean())}
 
 
 def sorted_completions(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -207,6 +225,23 @@ def train_reference(model: Transformer, batches: np.ndarray, prompt_len: int, le
     return float(losses[-1])
 
 
+def split_prompts(rng: np.random.Generator, settings: DemoSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(train prompts, held-out eval prompts), each row K distinct digits then the separator."""
+    k = settings.num_digits
+    if not 1 <= k <= NUM_DIGITS:
+        raise ValueError(f"num_digits must be in [1, {NUM_DIGITS}], got {k}")
+    digits = distinct_digit_rows(rng, settings.num_train_prompts + settings.num_eval_prompts, k)
+    prompts = with_separator(digits)
+    return prompts[:settings.num_train_prompts], prompts[settings.num_train_prompts:]
+
+
+def preference_examples(train_prompts: np.ndarray) -> list[PreferenceExample]:
+    """One pair per prompt: ascending (chosen) over descending (rejected), both ending in eos."""
+    ascending, descending = sorted_completions(train_prompts[:, :-1])
+    return [PreferenceExample(prompt=p.tolist(), chosen=a.tolist(), rejected=d.tolist(), source="<demo>", line=i + 1)
+            for i, (p, a, d) in enumerate(zip(train_prompts, ascending, descending))]
+
+
 def build_demo(*, seed: int = 0, quick: bool = False, settings: DemoSettings | None = None) -> DemoSetup:
     """Build the task and SFT-train the reference (deterministic for a seed on CPU; nothing cached).
 
@@ -214,12 +249,8 @@ def build_demo(*, seed: int = 0, quick: bool = False, settings: DemoSettings | N
     """
     settings = settings or (QUICK_SETTINGS if quick else FULL_SETTINGS)
     k = settings.num_digits
-    if not 1 <= k <= NUM_DIGITS:
-        raise ValueError(f"num_digits must be in [1, {NUM_DIGITS}], got {k}")
     rng = np.random.default_rng(seed)
-    digits = distinct_digit_rows(rng, settings.num_train_prompts + settings.num_eval_prompts, k)
-    prompts = with_separator(digits)
-    train_prompts, eval_prompts = prompts[:settings.num_train_prompts], prompts[settings.num_train_prompts:]
+    train_prompts, eval_prompts = split_prompts(rng, settings)
 
     config = TransformerConfig(num_tokens=VOCAB_SIZE, max_seq_len=2 * k + 2, dim=settings.dim, depth=settings.depth,
                                heads=settings.heads, attn_dim_head=settings.dim // settings.heads)
@@ -229,10 +260,7 @@ def build_demo(*, seed: int = 0, quick: bool = False, settings: DemoSettings | N
                                                         settings.sft_batch_size), k + 1, settings.sft_learning_rate)
     sft_seconds = time.perf_counter() - start
 
-    ascending, descending = sorted_completions(train_prompts[:, :-1])
-    examples = [PreferenceExample(prompt=p.tolist(), chosen=a.tolist(), rejected=d.tolist(), source="<demo>",
-                                  line=i + 1)
-                for i, (p, a, d) in enumerate(zip(train_prompts, ascending, descending))]
+    examples = preference_examples(train_prompts)
     return DemoSetup(config=config, reference=reference, train_examples=examples, eval_prompts=eval_prompts,
                      tokenizer=DemoTokenizer(), settings=settings, sft_seconds=sft_seconds,
                      sft_final_loss=final_loss)

@@ -15,7 +15,9 @@ and `dpo-jax train --logprob-head ... --remat ... --compute-dtype ... --attentio
 - remat: per-block rematerialisation, None/"none" | "full" | "dots_saveable" (`ops.remat`).
 - compute_dtype: e.g. "bfloat16": parameters cast and activations computed in it (`models.precision`); the
   logsumexp, the log-probs and the loss stay float32. None keeps the model's own dtype.
-- attention: the `ops.attention.attend` backend.
+- attention: the `ops.attention.attend` backend: "auto" (default: cuDNN on NVIDIA GPUs in bfloat16/float16,
+  splash on TPU where they can express the call, else the einsum "xla"; on CPU always "xla"), or one of
+  "xla", "jax_nn", "cudnn", "splash" explicitly (an error if it cannot express the call).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class ForwardOptions:
     score_window: int | None = None
     remat: str | None = None
     compute_dtype: Any = None
-    attention: str = "xla"
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.logprob_head not in LOGPROB_HEAD_CHOICES:

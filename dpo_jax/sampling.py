@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dpo_jax.models.base import max_seq_len_of, vocab_size_of
+
 __all__ = ["sample"]
 
 
@@ -23,31 +25,44 @@ def _check_token_id(value, name: str, num_tokens: int) -> int:
     return int(value)
 
 
+def _limits(model) -> tuple[int, int | None]:
+    """(vocabulary size, longest input): the model contract's `vocab_size` / `max_seq_len`, or a `.config` with
+    `num_tokens` / `max_seq_len` (the x-transformers convention)."""
+    config = getattr(model, "config", None)
+    num_tokens = vocab_size_of(model)
+    if num_tokens is not None:
+        return num_tokens, max_seq_len_of(model)
+    if getattr(config, "num_tokens", None) is not None:
+        return config.num_tokens, getattr(config, "max_seq_len", None)
+    raise TypeError(f"sample needs a model with `vocab_size` and `max_seq_len` (the model contract); "
+                    f"got {type(model).__name__}")
+
+
 def _validate(model, prompts, max_new_tokens, temperature, eos_id, pad_id) -> np.ndarray:
     """Host-side checks before tracing; returns the prompts as an int32 numpy array."""
-    config = model.config
+    num_tokens, max_seq_len = _limits(model)
     prompts = np.asarray(prompts)
     if prompts.ndim != 2 or prompts.shape[0] == 0 or prompts.shape[1] == 0:
         raise ValueError(f"prompts must be a non-empty 2-D [batch, prompt_len] array (all prompts the same "
                          f"length), got shape {prompts.shape}")
     if not np.issubdtype(prompts.dtype, np.integer):
         raise TypeError(f"prompts must have an integer dtype, got {prompts.dtype}")
-    bad = (prompts < 0) | (prompts >= config.num_tokens)
+    bad = (prompts < 0) | (prompts >= num_tokens)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"prompts contain id {int(prompts[where])} at {where}, outside the vocabulary "
-                         f"[0, {config.num_tokens})")
+                         f"[0, {num_tokens})")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     total = prompts.shape[1] + int(max_new_tokens)
-    if total > config.max_seq_len:
+    if max_seq_len is not None and total > max_seq_len:
         raise ValueError(f"prompt length {prompts.shape[1]} + max_new_tokens {max_new_tokens} = {total} exceeds "
-                         f"the model's max_seq_len {config.max_seq_len}")
+                         f"the model's max_seq_len {max_seq_len}")
     if not np.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    _check_token_id(pad_id, "pad_id", config.num_tokens)
+    _check_token_id(pad_id, "pad_id", num_tokens)
     if eos_id is not None:
-        _check_token_id(eos_id, "eos_id", config.num_tokens)
+        _check_token_id(eos_id, "eos_id", num_tokens)
     return prompts.astype(np.int32)
 
 
@@ -83,8 +98,9 @@ def sample(model, prompts, *, max_new_tokens: int, temperature: float = 1.0, rng
 
     `temperature=0` is greedy (argmax); otherwise tokens are drawn from softmax(logits / temperature) with
     the jax key `rng` (required then; the same key gives the same samples). After a row emits `eos_id`, its
-    remaining positions are `pad_id`. `model` is any nnx.Module with a `.config` (num_tokens, max_seq_len)
-    mapping tokens [B, N] -> logits [B, N, V].
+    remaining positions are `pad_id`. `model` is any nnx.Module with `vocab_size` and `max_seq_len` (the model
+    contract, `dpo_jax.models.base`) or a `.config` with `num_tokens` and `max_seq_len`, mapping tokens [B, N]
+    -> logits [B, N, V].
     """
     temperature = float(temperature)
     prompts = _validate(model, prompts, max_new_tokens, temperature, eos_id, pad_id)

@@ -161,14 +161,43 @@ def gather_replicated(tree, mesh: Mesh):
 DISTRIBUTED_ENV = ("DPO_JAX_COORDINATOR", "DPO_JAX_NUM_PROCESSES", "DPO_JAX_PROCESS_ID")
 
 
+DEFAULT_INIT_TIMEOUT = 300  # seconds a process waits for the coordinator (process 0) to come up
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Block until a TCP connection to `address` ("host:port") succeeds, or raise ConnectionError after `timeout`.
+
+    `jax.distributed.initialize` aborts the whole process (a C++ fatal error, no Python exception) when the
+    coordinator cannot be reached, so every process but the first checks it here first.
+    """
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"coordinator address {address!r} must be HOST:PORT")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, max(timeout, 0.1))):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(
+                    f"could not reach the coordinator {address} within {timeout:g} s ({err.strerror or err}); "
+                    "start process 0 first, or check the address, the port and the firewall") from None
+            time.sleep(0.5)
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+                           process_id: int | None = None, *, timeout: float = DEFAULT_INIT_TIMEOUT) -> bool:
     """`jax.distributed.initialize` for multi-process runs; returns whether it was called.
 
     Arguments default to the environment variables DPO_JAX_COORDINATOR ("host:port"), DPO_JAX_NUM_PROCESSES
     and DPO_JAX_PROCESS_ID. With none of them given, a single process is a no-op unless the platform
     advertises a cluster itself (a TPU pod slice sets TPU worker variables; SLURM/Open MPI set theirs):
     then `jax.distributed.initialize()` auto-detects everything. Call it before any other jax call.
+    A process other than 0 that cannot reach the coordinator within `timeout` seconds raises ConnectionError.
     """
     env = os.environ
     coordinator_address = coordinator_address or env.get("DPO_JAX_COORDINATOR") or None
@@ -182,8 +211,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
             return False
         if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
             raise ValueError(f"process_id {process_id} is not in [0, num_processes={num_processes})")
+        if coordinator_address is not None and process_id not in (None, 0):
+            wait_for_coordinator(coordinator_address, timeout)
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
+                                   process_id=process_id, initialization_timeout=int(max(timeout, 1)))
         return True
     cluster = ("," in env.get("TPU_WORKER_HOSTNAMES", "") or int(env.get("SLURM_NTASKS", "1")) > 1
                or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)

@@ -12,6 +12,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 __all__ = ["Tokenizer", "ByteTokenizer", "HFTokenizer", "load_tokenizer"]
 
+TOKENIZER_FILE = "tokenizer.json"  # the file a Hugging Face tokenizer folder keeps its vocabulary in
+
 # Special-token names tried, in order, when an HF tokenizer file does not say which is pad / eos.
 _EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]", "<|im_end|>")
 _PAD_CANDIDATES = ("<pad>", "[PAD]", "<|pad|>", "<|padding|>")
@@ -44,6 +46,7 @@ class ByteTokenizer:
     NUM_BYTES = 256
     PAD_ID = 256
     EOS_ID = 257
+    _SPECIAL_NAMES = {PAD_ID: "<pad>", EOS_ID: "<eos>"}
 
     @property
     def vocab_size(self) -> int:
@@ -62,8 +65,18 @@ class ByteTokenizer:
             raise TypeError(f"ByteTokenizer.encode expects str, got {type(text).__name__}")
         return list(text.encode("utf-8"))
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Bytes back to text; special ids are skipped and invalid UTF-8 becomes U+FFFD."""
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """Bytes back to text; invalid UTF-8 becomes U+FFFD. Special ids are skipped, or written as `<pad>` and
+        `<eos>` with `skip_special_tokens=False` (to show what reaches the model)."""
+        if not skip_special_tokens:
+            pieces, run = [], []
+            for i in (int(i) for i in ids):
+                if 0 <= i < self.NUM_BYTES:
+                    run.append(i)
+                    continue
+                pieces += [bytes(run).decode("utf-8", errors="replace"), self._SPECIAL_NAMES.get(i, "")]
+                run = []
+            return "".join(pieces) + bytes(run).decode("utf-8", errors="replace")
         data = bytes(int(i) for i in ids if 0 <= int(i) < self.NUM_BYTES)
         return data.decode("utf-8", errors="replace")
 
@@ -86,15 +99,18 @@ def _import_tokenizers():
 class HFTokenizer:
     """A Hugging Face `tokenizers` tokenizer (tokenizer.json) with explicit pad and eos ids."""
 
-    def __init__(self, backend, *, pad_id: int, eos_id: int, source: str = "<in-memory>"):
+    def __init__(self, backend, *, pad_id: int, eos_id: int, source: str = "<in-memory>", bos_id: int | None = None):
         vocab_size = int(backend.get_vocab_size(with_added_tokens=True))
-        for name, value in (("pad_id", pad_id), ("eos_id", eos_id)):
+        for name, value in (("pad_id", pad_id), ("eos_id", eos_id), ("bos_id", bos_id)):
+            if name == "bos_id" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
                 raise ValueError(f"{source}: {name}={value!r} is not a token id in [0, {vocab_size})")
         self._backend = backend
         self._vocab_size = vocab_size
         self._pad_id = pad_id
         self._eos_id = eos_id
+        self.bos_id = bos_id  # None when the tokenizer has none; the pipeline does not add it (encode adds no specials)
         self.source = source
 
     @classmethod
@@ -106,6 +122,7 @@ class HFTokenizer:
         eos_id: int | None = None,
         pad_token: str | None = None,
         eos_token: str | None = None,
+        bos_id: int | None = None,
     ) -> "HFTokenizer":
         """Load a tokenizer.json; pad/eos come from the arguments or the file's special tokens.
 
@@ -143,7 +160,7 @@ class HFTokenizer:
             )
         eos_id = pad_id if eos_id is None else eos_id
         pad_id = eos_id if pad_id is None else pad_id
-        return cls(backend, pad_id=pad_id, eos_id=eos_id, source=path)
+        return cls(backend, pad_id=pad_id, eos_id=eos_id, source=path, bos_id=bos_id)
 
     @property
     def vocab_size(self) -> int:
@@ -163,8 +180,8 @@ class HFTokenizer:
             raise TypeError(f"HFTokenizer.encode expects str, got {type(text).__name__}")
         return list(self._backend.encode(text, add_special_tokens=False).ids)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._backend.decode([int(i) for i in ids], skip_special_tokens=True)
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
         return (
@@ -187,13 +204,17 @@ def _first_present(specials: dict[str, int], candidates: Sequence[str]) -> int |
 
 
 def load_tokenizer(spec: "str | os.PathLike | Tokenizer | None" = None, **kwargs) -> Tokenizer:
-    """None or "byte" -> ByteTokenizer; a tokenizer object passes through; a path -> HFTokenizer."""
+    """None or "byte" -> ByteTokenizer; a tokenizer object passes through; a tokenizer.json, or a Hugging Face
+    tokenizer folder (its tokenizer.json; the folder's chat template is found by `data.chat`) -> HFTokenizer."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "byte"):
         if kwargs:
             raise ValueError(f"ByteTokenizer takes no options, got {sorted(kwargs)}")
         return ByteTokenizer()
     if isinstance(spec, (str, os.PathLike)):
-        return HFTokenizer.from_file(spec, **kwargs)
+        path = os.fspath(spec)
+        if os.path.isdir(path):
+            path = os.path.join(path, TOKENIZER_FILE)
+        return HFTokenizer.from_file(path, **kwargs)
     if isinstance(spec, Tokenizer):
         return spec
     raise TypeError(f"tokenizer spec must be None, 'byte', a path or a Tokenizer, got {spec!r}")

@@ -1,4 +1,4 @@
-"""Reference PyTorch DPO on x-transformers models: the seed's `DPO` module, its helpers and the loss family."""
+"""Reference PyTorch DPO on x-transformers and transformers causal LMs: the seed's `DPO` module, its helpers and the loss family."""
 
 from dpo_torch.dpo import DPO
 from dpo_torch.helpers import exists, freeze_all_layers_, masked_mean, maybe_and_mask

@@ -24,7 +24,8 @@ __all__ = ["DPO", "exists", "freeze_all_layers_", "log_prob_from_model_and_seq",
 
 
 class DPO(Module):
-    """Direct Preference Optimization on an x-transformers `TransformerWrapper`.
+    """Direct Preference Optimization on an x-transformers `TransformerWrapper` or a transformers causal LM
+    (`AutoModelForCausalLM`: its `.logits` are read; vocabulary and length limit come from `model.config`).
 
     `policy_model` is the model passed in (trained); `ref_model` is a frozen deepcopy taken at construction,
     always in eval mode and never given gradients. Reference-free losses (`loss_type` "simpo", "orpo", "sft",

@@ -42,13 +42,25 @@ def check_statistics(statistics):
     return tuple(name for name in STATISTICS if name in statistics)
 
 
+def model_logits(output):
+    """The logits of a model's output: x-transformers returns them; a transformers causal LM returns an output
+    object with `.logits`."""
+    if torch.is_tensor(output):
+        return output
+    logits = getattr(output, "logits", None)
+    if not torch.is_tensor(logits):
+        raise TypeError(f"the model returned {type(output).__name__}, neither logits nor an output with .logits")
+    return logits
+
+
 def log_prob_from_model_and_seq(model, seq):
     """Log-probs [B, N-1] of `seq` under `model`: entry t scores token t+1 given tokens 0..t.
 
     Computed as x-transformers 2.31 does (log_softmax, then gather), so the compatibility mode is bit-exact.
+    `model` is an x-transformers `TransformerWrapper` or a transformers causal LM (its `.logits` are read).
     """
     source, target = seq[:, :-1], seq[:, 1:]
-    logits = model(source)
+    logits = model_logits(model(source))
     return logits.log_softmax(dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
 

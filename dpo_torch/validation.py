@@ -10,13 +10,20 @@ from dpo_torch.helpers import exists
 
 
 def model_num_tokens(model):
-    """Vocabulary size of an x-transformers `TransformerWrapper` (None when the model does not say)."""
-    return getattr(model, "num_tokens", None)
+    """Vocabulary size: an x-transformers `TransformerWrapper`'s `num_tokens`, a transformers model's
+    `config.vocab_size` (None when the model says neither)."""
+    num_tokens = getattr(model, "num_tokens", None)
+    if not exists(num_tokens):
+        num_tokens = getattr(getattr(model, "config", None), "vocab_size", None)
+    return num_tokens
 
 
 def model_max_seq_len(model):
-    """Longest input the model accepts; None when unbounded (x-transformers uses max_seq_len=0 for that)."""
+    """Longest input the model accepts: x-transformers' `max_seq_len`, a transformers model's
+    `config.max_position_embeddings`; None when unbounded (x-transformers uses max_seq_len=0 for that)."""
     max_seq_len = getattr(model, "max_seq_len", None)
+    if not exists(max_seq_len):
+        max_seq_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if not exists(max_seq_len) or max_seq_len <= 0:
         return None
     return max_seq_len

@@ -170,3 +170,41 @@ def test_refusals():
     holes["prompt_mask"][0, 1] = False
     with pytest.raises(ValueError, match="prefix"):
         shared_batch_from_batch(**holes, pad_id=pad_id)
+
+
+@pytest.mark.parametrize("alignment", ["next_token", "x_transformers"])
+def test_scored_positions_and_chunked_head_match_unshared(alignment):
+    """The training path of shared rows: only the scored positions (`score_index`) reach the chunked head
+    (several targets at the prompt's last position); log-probs and their gradients equal the unshared batch."""
+    from dpo_jax.forward import ForwardOptions
+    from dpo_jax.layouts.prefix_shared import with_score_index
+
+    model = jax_model(3, rotary_pos_emb=True, depth=1)
+    graphdef, params = nnx.split(model)
+    batch, pad_id = make_batch(seed=5)
+    shared = shared_batch_from_batch(**batch, pad_id=pad_id, mask_alignment=alignment, row_len=ROW_LEN)
+    options = dict(logprob_head="chunked", head_chunk_size=5)
+    arrays = with_score_index(shared.as_dict(), ForwardOptions(**options), bucket=4)
+    arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+    assert arrays["score_index"].shape[1] < ROW_LEN  # the head really sees fewer positions than the row has
+    masks = sequence_masks(batch["preferred_seq"], batch["unpreferred_seq"], prompt_mask=batch["prompt_mask"],
+                           pad_id=pad_id, mask_alignment=alignment)
+    seqs = (jnp.asarray(batch["preferred_seq"]), jnp.asarray(batch["unpreferred_seq"]))
+
+    def shared_sum(params):
+        chosen, rejected = prefix_shared_pair_logprobs(nnx.merge(graphdef, params), arrays, reduction="sum",
+                                                       **options)
+        return chosen.sum() - 0.5 * rejected.sum(), (chosen, rejected)
+
+    def unshared_sum(params):
+        chosen, rejected = pair_sequence_logprobs(nnx.merge(graphdef, params), *seqs, *masks, "sum")
+        return chosen.sum() - 0.5 * rejected.sum(), (chosen, rejected)
+
+    (_, got), grads_s = jax.jit(jax.value_and_grad(shared_sum, has_aux=True))(params)
+    (_, want), grads_u = jax.jit(jax.value_and_grad(unshared_sum, has_aux=True))(params)
+    for side in (0, 1):
+        assert relative(got[side], want[side]) <= TOL
+    flat_s = dict(jax.tree_util.tree_leaves_with_path(grads_s))
+    for path, g_u in jax.tree_util.tree_leaves_with_path(grads_u):
+        err = float(jnp.linalg.norm(flat_s[path] - g_u) / jnp.maximum(jnp.linalg.norm(g_u), 1e-30))
+        assert err <= TOL, (jax.tree_util.keystr(path), err)

@@ -5,11 +5,12 @@ included), plus fresh interpreters that import each face and look at `sys.module
 Layers of `dpo_jax`, lowest first (a module may import its own layer and the ones below):
   0  ops/, sharding             computations a kernel may replace; the device mesh
   1  models/                    the model contract and the families
-  2  logprobs, losses, validation, forward, tokenizer, data, sampling
+  2  logprobs, losses, validation, forward, tokenizer, pretrained_tokenizer, data, sampling
   3  layouts/
   4  dpo
   5  train/, demo               the trainer and its built-in task (the demo the run falls back to)
-  6  cli, __main__              the command line (and the package root, which re-exports the API)
+  6  cli, __main__, hf_demo     the command line, and the pretrained-model recipe that drives it (and the
+                                package root, which re-exports the API)
 """
 
 import ast
@@ -24,11 +25,11 @@ LAYERS = [
     ("dpo_jax.ops", "dpo_jax.sharding"),
     ("dpo_jax.models",),
     ("dpo_jax.logprobs", "dpo_jax.losses", "dpo_jax.validation", "dpo_jax.forward", "dpo_jax.tokenizer",
-     "dpo_jax.data", "dpo_jax.sampling"),
+     "dpo_jax.pretrained_tokenizer", "dpo_jax.data", "dpo_jax.sampling"),
     ("dpo_jax.layouts",),
     ("dpo_jax.dpo",),
     ("dpo_jax.train", "dpo_jax.demo"),
-    ("dpo_jax.cli", "dpo_jax.__main__"),
+    ("dpo_jax.cli", "dpo_jax.__main__", "dpo_jax.hf_demo"),
 ]
 TORCH_SIDE = ("torch", "x_transformers", "transformers", "peft", "liger_kernel")
 JAX_SIDE = ("jax", "jaxlib", "flax", "optax", "orbax")

@@ -1,4 +1,9 @@
-"""The loss head alone (the head-128k preset): hidden states + output weight -> sigmoid DPO loss, fwd+bwd."""
+"""The loss head alone (the head-128k preset): hidden states + output weight -> sigmoid DPO loss, fwd+bwd.
+
+`torch_head` and `jax_head` build the [rows, T, V] logits; `jax_chunked_head` is dpo_jax's own chunked head
+(`ops.logprob_head.chunked_token_logprobs`: custom VJP, O(chunk x V) memory); `liger_head` (liger_steps.py)
+is Liger-Kernel's fused linear DPO loss.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from benchmarks.contenders.torch_steps import torch_sync
 from benchmarks.presets import BenchConfig
 
 
-def _head_inputs(config: BenchConfig, batch: Batch):
+def head_inputs(config: BenchConfig, batch: Batch):
     """Hidden states [R, T, H] (policy, reference), head weights [H, V], targets and scored masks [R, T]."""
     rng = np.random.default_rng(config.seed + 1)
     rows, t, h, v = 2 * config.pairs, config.seq_len, config.dim, config.num_tokens
@@ -32,7 +37,7 @@ def torch_head(setup, batch, config):
 
     device = setup.torch_device
     dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
-    arrays = _head_inputs(config, batch)
+    arrays = head_inputs(config, batch)
     hidden, ref_hidden, weight, ref_weight = (torch.as_tensor(a).to(device, dtype) for a in arrays[:4])
     targets, masks = torch.as_tensor(arrays[4]).to(device), torch.as_tensor(arrays[5]).to(device)
     hidden.requires_grad_(True)
@@ -63,7 +68,7 @@ def jax_head(setup, batch, config):
     import jax.numpy as jnp
 
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-    arrays = _head_inputs(config, batch)
+    arrays = head_inputs(config, batch)
     hidden, ref_hidden, weight, ref_weight = (jnp.asarray(a, dtype) for a in arrays[:4])
     targets, masks = jnp.asarray(arrays[4]), jnp.asarray(arrays[5], jnp.float32)
     pairs = config.pairs
@@ -83,6 +88,38 @@ def jax_head(setup, batch, config):
 
     def step():
         loss, grads = grad_fn(hidden, weight)
+        jax.block_until_ready((loss, grads))
+        return float(loss)
+    return step
+
+
+@contender("jax_chunked_head", framework="jax")
+def jax_chunked_head(setup, batch, config):
+    """dpo_jax's chunked log-prob head (what the fast path runs): the logits never exist whole."""
+    import jax
+    import jax.numpy as jnp
+    from dpo_jax.ops.logprob_head import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
+
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    arrays = head_inputs(config, batch)
+    hidden, ref_hidden, weight, ref_weight = (jnp.asarray(a, dtype) for a in arrays[:4])
+    targets, masks = jnp.asarray(arrays[4]), jnp.asarray(arrays[5], jnp.float32)
+    pairs = config.pairs
+
+    def seq_logps(h, w, targets, masks):
+        logps = chunked_token_logprobs(h, w, targets, chunk_size=DEFAULT_CHUNK_SIZE)
+        return (logps * masks).sum(-1) / masks.sum(-1)
+
+    def loss_fn(h, w, ref_h, ref_w, targets, masks):  # every array an argument: nothing for XLA to constant-fold
+        ref = jax.lax.stop_gradient(seq_logps(ref_h, ref_w, targets, masks))
+        pol = seq_logps(h, w, targets, masks)
+        logits = (pol[:pairs] - pol[pairs:]) - (ref[:pairs] - ref[pairs:])
+        return -jax.nn.log_sigmoid(config.beta * logits).mean()
+
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
+
+    def step():
+        loss, grads = grad_fn(hidden, weight, ref_hidden, ref_weight, targets, masks)
         jax.block_until_ready((loss, grads))
         return float(loss)
     return step

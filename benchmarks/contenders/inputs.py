@@ -65,7 +65,8 @@ def build_torch_model(config: BenchConfig, device):
     torch.manual_seed(config.seed)
     model = TransformerWrapper(num_tokens=kwargs["num_tokens"], max_seq_len=kwargs["max_seq_len"],
                                attn_layers=Decoder(dim=kwargs["dim"], depth=kwargs["depth"], heads=kwargs["heads"],
-                                                   attn_dim_head=kwargs["attn_dim_head"]))
+                                                   attn_dim_head=kwargs["attn_dim_head"],
+                                                   attn_flash=kwargs["attn_flash"]))
     return model.to(device)
 
 

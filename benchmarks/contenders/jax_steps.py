@@ -9,7 +9,10 @@ on-device finite guard, as in training), and the layout's host batch, then times
 - `dpo_jax_plain`: the same step with the full [2B, N-1, V] logits at every position (the oracle path), so
   the gain of the forward options is visible in one run;
 - `dpo_jax_precomputed_ref`: reference log-probs computed once by the library's `ReferenceCache`, outside the
-  timed step (a fixed reference), so the step runs the policy only.
+  timed step (a fixed reference), so the step runs the policy only;
+- `dpo_jax_xla`, `dpo_jax_jax_nn`: the default path with an explicit attention backend (the einsum oracle, or
+  jax.nn's XLA path) instead of "auto" (cuDNN on NVIDIA GPUs in bfloat16), so the attention kernel's gain is
+  visible in one run.
 """
 
 from __future__ import annotations
@@ -93,3 +96,17 @@ def dpo_jax_precomputed_ref(setup, batch, config):
     """The default path with the reference's log-probs computed once before timing (fixed reference)."""
     options = train_config(config, precompute_ref=True)
     return library_step(setup, padded_arrays(batch, options.forward), options, precompute_ref=True)
+
+
+@contender("dpo_jax_xla", framework="jax")
+def dpo_jax_xla(setup, batch, config):
+    """The default path with attention="xla": the einsum, a float32 [2B, H, N, N] score tensor per layer."""
+    options = train_config(config, forward=dict(attention="xla"))
+    return library_step(setup, padded_arrays(batch, options.forward), options)
+
+
+@contender("dpo_jax_jax_nn", framework="jax")
+def dpo_jax_jax_nn(setup, batch, config):
+    """The default path with attention="jax_nn": jax.nn.dot_product_attention's XLA implementation."""
+    options = train_config(config, forward=dict(attention="jax_nn"))
+    return library_step(setup, padded_arrays(batch, options.forward), options)

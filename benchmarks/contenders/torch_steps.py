@@ -15,7 +15,7 @@ def torch_sync(device):
         torch.cuda.synchronize(device)
 
 
-def _autocast(config: BenchConfig, device):
+def autocast(config: BenchConfig, device):
     import torch
     if config.dtype == "bfloat16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -38,7 +38,7 @@ def _torch_train_step(dpo, setup: Setup, batch: Batch, loss_fn=None):
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(config, device):
+        with autocast(config, device):
             loss = loss_fn(*inputs, **tensors)
         loss.backward()
         optimizer.step()

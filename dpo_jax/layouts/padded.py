@@ -166,16 +166,18 @@ class PaddedBatches:
 
     Every batch is padded to `max_len` (one shape, one compile). With `forward.score_positions == "scored"`
     it also carries `score_index` [B, 2, W]: W is the longest completion of the global batch (so every process
-    builds the same shape), rounded up to 64.
+    builds the same shape), rounded up to 64. An evaluation pass takes `shuffle=False, drop_last=False`: the
+    examples in order, the last batch filled with repeats that `dataset.real_rows(step)` marks.
     """
 
     def __init__(self, examples, *, batch_size, seed, max_len, pad_id, mask_alignment="next_token", forward=None,
-                 process_index=0, process_count=1):
+                 process_index=0, process_count=1, shuffle=True, drop_last=None):
         self.forward = ForwardOptions.of(forward)
         self.mask_alignment, self.pad_id, self.max_len = mask_alignment, pad_id, max_len
         self.dataset = PreferenceDataset(
             examples, batch_size=batch_size, seed=seed, process_index=process_index, process_count=process_count,
-            max_len=max_len, pad_id=pad_id, drop_last=len(examples) >= batch_size,
+            max_len=max_len, pad_id=pad_id, shuffle=shuffle,
+            drop_last=len(examples) >= batch_size if drop_last is None else drop_last,
             pad_to_multiple_of=max_len)  # one fixed shape: one compile
         options = self.dataset.collate_options
         self._completion = np.array([max(c, r) for _, c, r in (

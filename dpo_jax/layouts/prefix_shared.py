@@ -435,8 +435,8 @@ class SharedBatches:
         return with_score_index(shared.as_dict(), self.forward), shared.num_scored_tokens()
 
 
-def with_score_index(arrays, forward: ForwardOptions):
+def with_score_index(arrays, forward: ForwardOptions, *, bucket: int | None = None):
     """The shared batch's arrays plus `score_index` when only scored positions go to the head."""
     if forward.score_positions != "scored":
         return arrays
-    return dict(arrays, score_index=shared_score_index(arrays))
+    return dict(arrays, score_index=shared_score_index(arrays, bucket=bucket))

@@ -9,11 +9,12 @@ token ids are checked against the logits' vocabulary (`V`) when they are concret
 
 `HiddenStatesLM`, for the fast path and every batch layout: the model also exposes
 
-- `hidden_states(tokens, *, positions=None, attention=None, remat=None) -> [B, T, d]`, the hidden states
-  after the final norm. `positions [B, T]` int are the positions each token is computed at (prefix sharing
-  restarts them where a branch begins; None means 0..T-1); `attention` is an `ops.attention.AttentionMask`
-  (segment and branch ids for shared and packed rows; None means plain causal); `remat` is a policy name of
-  `ops.remat` ("none", "full", "dots_saveable") applied per block;
+- `hidden_states(tokens, *, positions=None, attention=None, remat=None, attention_backend="auto") -> [B, T, d]`,
+  the hidden states after the final norm. `positions [B, T]` int are the positions each token is computed at
+  (prefix sharing restarts them where a branch begins; None means 0..T-1); `attention` is an
+  `ops.attention.AttentionMask` (segment and branch ids for shared and packed rows; None means plain causal);
+  `remat` is a policy name of `ops.remat` ("none", "full", "dots_saveable") applied per block;
+  `attention_backend` is handed to `ops.attention.attend` (the run's `ForwardOptions.attention`);
 - `output_head() -> OutputHead(weight [d, V], scale, softcap)`, so the log-prob head can skip positions it
   does not score and chunk the vocabulary projection (Gemma's final-logit softcap included);
 - `vocab_size: int` and `max_seq_len: int | None` (None: no limit), for the host-side input checks.
@@ -59,7 +60,8 @@ class HiddenStatesLM(Protocol):
     def __call__(self, tokens: jax.Array) -> jax.Array: ...
 
     def hidden_states(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-                      attention: AttentionMask | None = None, remat: str | None = None) -> jax.Array: ...
+                      attention: AttentionMask | None = None, remat: str | None = None,
+                      attention_backend: str = "auto") -> jax.Array: ...
 
     def output_head(self) -> OutputHead: ...
 

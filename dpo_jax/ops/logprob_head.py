@@ -206,8 +206,8 @@ def _chunked_logps_bwd(scale, softcap, chunk_size, residuals, grad_logps):
         if t.shape[1] == 1:
             onehot = jax.nn.one_hot(t[:, 0], vocab, dtype=jnp.float32)
             grad_logits = g[:, 0, None] * (onehot - probs)
-        else:  # sum over the position's targets: sum_k g_k onehot_k - (sum_k g_k) probs
-            weighted = (jax.nn.one_hot(t, vocab, dtype=jnp.float32) * g[..., None]).sum(axis=1)
+        else:  # sum over the position's targets: sum_k g_k onehot_k - (sum_k g_k) probs (scattered: no [c, k, V])
+            weighted = jnp.zeros(probs.shape, jnp.float32).at[jnp.arange(t.shape[0])[:, None], t].add(g)
             grad_logits = weighted - g.sum(axis=1)[:, None] * probs
         if softcap is not None:  # through softcap(x) = c tanh(x / c): d/dx = 1 - tanh(x / c)^2
             grad_logits = grad_logits * (1.0 - jnp.square(jnp.tanh(raw / softcap)))

@@ -7,6 +7,7 @@
 - `reference.py`: precomputed reference log-probs, cached by batch content.
 - `checkpoint.py`: orbax checkpoints of the TrainState; `outputs.py`: metrics.jsonl, summary.json, plot.
 - `loop.py`: RunConfig and `run(config)`, the whole run behind `dpo-jax train`.
+- `pretrained.py`: a run from a Hugging Face directory (`--model`), and how the final policy is written.
 """
 
 from dpo_jax.train.checkpoint import Checkpointer

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -20,18 +21,21 @@ import numpy as np
 from flax import nnx
 
 from dpo_jax import sharding
-from dpo_jax.data import read_preference_jsonl
 from dpo_jax.layouts import layout_batches, validate_layout
+from dpo_jax.ops.attention import attention_report, reset_attention_report
 from dpo_jax.train.checkpoint import Checkpointer
 from dpo_jax.train.config import TrainConfig
-from dpo_jax.train.outputs import (POLICY_FILE, PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
+from dpo_jax.train.evaluation import EVAL_METRICS, EVAL_PREFIX, Evaluator
+from dpo_jax.train.outputs import (PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
                                    write_json)
 from dpo_jax.train.reference import ReferenceCache
+from dpo_jax.train.run_data import check_eval_options, load_run_data
 from dpo_jax.train.state import init_train_state
 from dpo_jax.train.step import make_train_step
 
 LOGGED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                   "logps/chosen", "logps/rejected", "grad_norm", "lr")
+LOGGED_EVAL_METRICS = tuple(EVAL_PREFIX + name for name in EVAL_METRICS)
 # logged too when the loss reports them: loss/<type> per term of a combination, nll_loss, logits/*
 OPTIONAL_METRICS = ("loss/", "nll_loss", "logits/")
 
@@ -49,8 +53,13 @@ class RunConfig:
     """What a run trains on and where it writes; `train` holds the optimisation hyper-parameters."""
 
     out_dir: str | None = None
-    data: str | None = None            # preference JSONL; None runs the built-in demo
-    tokenizer: str | None = None       # HF tokenizer.json; None -> byte tokenizer
+    data: str | list[str] | None = None  # preference file(s) (dpo_jax.data reads them); None runs the built-in demo
+    tokenizer: str | None = None       # HF tokenizer.json or tokenizer folder; None -> byte tokenizer
+    chat_template: str | None = None   # Jinja file, tokenizer_config.json or folder; None: the tokenizer's folder
+    eval_data: str | list[str] | None = None  # held-out preference file(s)
+    eval_split: float | None = None    # or this fraction of --data held out (seeded by `seed`)
+    eval_every: int | None = None      # evaluate every N steps; the final evaluation always runs
+    eval_batch_size: int | None = None  # None: batch_size
     steps: int | None = None           # None: 150 for the demo (75 with quick), 100 with --data
     batch_size: int = 16
     seed: int = 0
@@ -62,6 +71,7 @@ class RunConfig:
     heads: int = 4
     max_seq_len: int = 128
     init_from: str | None = None       # safetensors written by models.x_transformers.save_safetensors
+    model: str | None = None           # a Hugging Face model directory: policy, reference and tokenizer from it
     mesh: str | None = None            # "data=2,fsdp=4" (dpo_jax.sharding); None: every device on data
     layout: str = "padded"             # padded | prefix_shared | packed (dpo_jax.layouts.LAYOUTS)
     row_len: int | None = None         # shared/packed row length; None: 2 * the task's max length
@@ -111,11 +121,20 @@ class _Task:
     pad_id: int
     max_len: int
     demo: Any = None
+    eval_examples: list = dataclasses.field(default_factory=list)
+    data: dict | None = None           # what was read (summary.json)
 
 
-def _build_task(config: RunConfig) -> _Task:
+def _build_task(config: RunConfig, mesh) -> _Task:
     from dpo_jax.models.x_transformers.safetensors_file import load_safetensors
 
+    if config.model is not None:
+        from dpo_jax.train.pretrained import pretrained_task
+
+        policy, tokenizer, max_len = pretrained_task(config, mesh)
+        data = _read_data(config, tokenizer, tokenizer_spec=config.model)
+        return _Task(policy, policy, data.train, tokenizer.pad_id, max_len, eval_examples=data.eval,
+                     data=data.summary())
     if config.data is None:
         from dpo_jax.demo import build_demo  # imported late: the demo trains its SFT reference on demand
 
@@ -130,7 +149,7 @@ def _build_task(config: RunConfig) -> _Task:
     from dpo_jax.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(config.tokenizer)
-    examples = read_preference_jsonl(config.data, tokenizer)
+    data = _read_data(config, tokenizer, tokenizer_spec=config.tokenizer)
     if config.init_from:
         model = load_safetensors(config.init_from)
     else:
@@ -140,7 +159,51 @@ def _build_task(config: RunConfig) -> _Task:
         model = Transformer(model_config, rngs=nnx.Rngs(config.seed))
     if model.config.num_tokens < tokenizer.vocab_size:
         raise ValueError(f"model vocabulary {model.config.num_tokens} < tokenizer vocabulary {tokenizer.vocab_size}")
-    return _Task(model, model, examples, tokenizer.pad_id, model.config.max_seq_len)
+    return _Task(model, model, data.train, tokenizer.pad_id, model.config.max_seq_len, eval_examples=data.eval,
+                 data=data.summary())
+
+
+def _read_data(config: RunConfig, tokenizer, *, tokenizer_spec):
+    """The run's train and eval pairs (every file validated first), reported on stderr by process 0."""
+    data = load_run_data(config.data, tokenizer, tokenizer_spec=tokenizer_spec, chat_template=config.chat_template,
+                         eval_data=config.eval_data, eval_split=config.eval_split, seed=config.seed)
+    if jax.process_index() == 0:
+        print("\n".join(data.lines), file=sys.stderr)
+    return data
+
+
+def _check_eval(config: RunConfig, mesh) -> None:
+    """Eval options that cannot work fail before any file is read or anything compiles."""
+    check_eval_options(config.eval_data, config.eval_split, config.eval_every, config.eval_batch_size)
+    if config.data is None and (config.eval_data is not None or config.eval_split is not None):
+        raise ValueError("evaluation needs --data (the demo measures its policy by sampling instead)")
+    if config.eval_data is not None or config.eval_split is not None:
+        sharding.validate_batch(config.eval_batch_size or config.batch_size, mesh, 1, jax.process_count())
+
+
+def _evaluator(config: RunConfig, task: _Task, graphdef, train_config: TrainConfig, mesh) -> Evaluator | None:
+    if not task.eval_examples:
+        return None
+    return Evaluator(graphdef, train_config, task.eval_examples, batch_size=config.eval_batch_size or config.batch_size,
+                     max_len=task.max_len, pad_id=task.pad_id, mesh=mesh, process_index=jax.process_index(),
+                     process_count=jax.process_count())
+
+
+def _evaluate_if_due(evaluator, config: RunConfig, done: int, num_steps: int, state, cache) -> dict:
+    """Eval metrics after step `done` when it is an eval step (every `eval_every`, and always the last), else {}."""
+    if evaluator is None:
+        return {}
+    if done == num_steps or (config.eval_every and done % config.eval_every == 0):
+        return evaluator.evaluate(state, cache)
+    return {}
+
+
+def _last_eval(records: list[dict]) -> dict:
+    """The eval metrics of the last logged evaluation (the final one)."""
+    for record in reversed(records):
+        if LOGGED_EVAL_METRICS[0] in record:
+            return {key: record.get(key) for key in LOGGED_EVAL_METRICS}
+    return dict.fromkeys(LOGGED_EVAL_METRICS)
 
 
 def _default_out_dir() -> str:
@@ -195,6 +258,7 @@ def run(config: RunConfig) -> dict:
     sharding.validate_batch(config.batch_size, mesh, config.train.grad_accum, jax.process_count())
     validate_layout(config.layout, num_devices=mesh.size, grad_accum=config.train.grad_accum,
                     precompute_ref=config.train.precompute_ref)
+    _check_eval(config, mesh)
     run_dir = config.out_dir or _default_out_dir()
     os.makedirs(run_dir, exist_ok=True)
     num_steps = config.num_steps
@@ -204,7 +268,7 @@ def run(config: RunConfig) -> dict:
     if not resuming and primary:
         write_json(os.path.join(run_dir, RUN_CONFIG_FILE), config.to_dict())
 
-    task = _build_task(config)
+    task = _build_task(config, mesh)
     train_config = config.train.replace(total_steps=max(num_steps, 1))
     graphdef, state = init_train_state(task.policy, task.reference, train_config, seed=config.seed)
     state = sharding.shard_train_state(state, mesh)
@@ -224,11 +288,15 @@ def run(config: RunConfig) -> dict:
     start = int(state.step)
     log = MetricsLog(run_dir, resume_step=start, write=primary)
 
+    evaluator = _evaluator(config, task, graphdef, train_config, mesh)
     cache = None
     if train_config.precompute_ref and not train_config.reference_free:
         cache = ReferenceCache(graphdef, nnx.split(task.reference, nnx.Param)[1], train_config, config.layout)
         cache.precompute(batches.get_batch(s)[0] for s in range(start, num_steps))
+        if evaluator is not None:
+            cache.precompute(evaluator.batch_arrays())
 
+    reset_attention_report()  # the run log names the attention backend of this run's step ("auto" decides)
     progress = _Progress(config.progress, start, num_steps)
     timed_tokens, timed_seconds, metrics = 0, 0.0, {}
     try:
@@ -239,6 +307,9 @@ def run(config: RunConfig) -> dict:
             began = time.perf_counter()
             state, device_metrics = step_fn(state, sharding.make_global_batch(arrays, mesh))
             metrics = {k: np.asarray(v).item() for k, v in jax.device_get(device_metrics).items()}
+            if step == start and primary:
+                for line in attention_report():
+                    print(f"[dpo-jax] {line}", file=sys.stderr)
             if step > start:  # the first step of a process compiles; keep it out of the throughput
                 timed_seconds += time.perf_counter() - began
                 timed_tokens += num_scored
@@ -251,9 +322,10 @@ def run(config: RunConfig) -> dict:
                                      f"{'none' if last is None else f'step {last}'} in {checkpointer.directory}")
             done = step + 1
             tokens_per_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
-            if done % config.log_every == 0 or done == num_steps:
+            eval_metrics = _evaluate_if_due(evaluator, config, done, num_steps, state, cache)
+            if done % config.log_every == 0 or done == num_steps or eval_metrics:
                 log.append(done, {**{k: metrics[k] for k in LOGGED_METRICS}, **_optional_metrics(metrics),
-                                  "tokens_per_s": tokens_per_s})
+                                  "tokens_per_s": tokens_per_s, **eval_metrics})
             progress.update({"step": done, "loss": f"{metrics['loss']:.4f}",
                              "acc": f"{metrics['rewards/accuracies']:.2f}", "tok/s": f"{tokens_per_s:.0f}"})
             if done % config.checkpoint_every == 0 or done == num_steps:
@@ -264,14 +336,19 @@ def run(config: RunConfig) -> dict:
         progress.close()
 
     policy = _merged(graphdef, sharding.gather_replicated(state.params, mesh))
-    from dpo_jax.models.x_transformers.safetensors_file import save_safetensors
+    from dpo_jax.train.pretrained import save_policy
 
     if primary:
-        save_safetensors(policy, os.path.join(run_dir, POLICY_FILE))
+        save_policy(policy, run_dir)
         plot_training(log.records, os.path.join(run_dir, PLOT_FILE))
     summary = {"steps": num_steps, "run_dir": os.path.abspath(run_dir),
                "tokens_per_s": timed_tokens / timed_seconds if timed_seconds > 0 else None,
-               **{k: (metrics or (log.records[-1] if log.records else {})).get(k) for k in LOGGED_METRICS}}
+               **{k: (metrics or (log.records[-1] if log.records else {})).get(k) for k in LOGGED_METRICS},
+               "attention": attention_report()}
+    if evaluator is not None:
+        summary.update(_last_eval(log.records), eval_pairs=len(evaluator))
+    if task.data is not None:
+        summary["data"] = task.data
     if task.demo is not None:
         summary["preferred_rate_before"] = meta.get("preferred_rate_before")
         summary["preferred_rate_after"] = float(task.demo.preferred_rate(policy, seed=config.seed))

@@ -1,4 +1,5 @@
-"""The run directory's files: metrics.jsonl (append, truncate on resume), summary.json, training.png."""
+"""The run directory's files: metrics.jsonl (append, truncate on resume), summary.json, training.png, and the
+names of the final policy's files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "training.png"
 RUN_CONFIG_FILE = "run_config.json"
-POLICY_FILE = "policy.safetensors"
+POLICY_FILE = "policy.safetensors"   # an x-transformers policy
+HF_POLICY_DIR = "hf_policy"          # a Hugging Face family policy: a directory transformers loads
 
 
 def _json_value(value):
@@ -72,7 +74,7 @@ def write_json(path, data) -> None:
 
 
 def plot_training(records: list[dict], path) -> None:
-    """Loss and reward margins against step (matplotlib Agg: no display needed)."""
+    """Loss and reward margins against step (matplotlib Agg: no display needed); eval points where evaluated."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,11 +82,17 @@ def plot_training(records: list[dict], path) -> None:
 
     steps = [r["step"] for r in records]
     figure, (loss_axis, margin_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(steps, [r.get("loss") for r in records])
+    loss_axis.plot(steps, [r.get("loss") for r in records], label="train")
     loss_axis.set(title="DPO loss", xlabel="step", ylabel="loss")
     margin_axis.plot(steps, [r.get("rewards/margins") for r in records], label="margin")
     margin_axis.plot(steps, [r.get("rewards/chosen") for r in records], label="chosen", alpha=0.6)
     margin_axis.plot(steps, [r.get("rewards/rejected") for r in records], label="rejected", alpha=0.6)
+    evaluated = [r for r in records if "eval/loss" in r]
+    if evaluated:
+        eval_steps = [r["step"] for r in evaluated]
+        loss_axis.plot(eval_steps, [float(r["eval/loss"]) for r in evaluated], "o-", label="eval")
+        margin_axis.plot(eval_steps, [float(r["eval/rewards/margins"]) for r in evaluated], "o-", label="eval margin")
+        loss_axis.legend()
     margin_axis.set(title="rewards", xlabel="step")
     margin_axis.legend()
     figure.tight_layout()

@@ -28,6 +28,7 @@ class Attention(nnx.Module):
         self.dtype = config.dtype
         self.qk_norm = config.attn_qk_norm
         self.num_mem_kv = config.attn_num_mem_kv
+        self.return_scores = config.residual_attn  # only residual attention reads the pre-softmax scores
         kw = dict(use_bias=False, rngs=rngs, dtype=config.dtype, param_dtype=config.param_dtype)
         q_dim, kv_dim = self.heads * self.dim_head, self.kv_heads * self.dim_head
         self.to_q = Linear(config.dim, q_dim, **kw)
@@ -58,8 +59,8 @@ class Attention(nnx.Module):
         return t
 
     def __call__(self, x, *, attention: AttentionMask, zero_queries=None, rotary_angles=None, attn_bias=None,
-                 prev_attn=None, backend="xla"):
-        """x [B, N, D] -> (out [B, N, D], pre-softmax scores [B, H, N, M+N] for residual_attn).
+                 prev_attn=None, backend="auto"):
+        """x [B, N, D] -> (out [B, N, D], pre-softmax scores [B, H, N, M+N] with residual_attn, else None).
 
         attention: which keys each query sees (`AttentionMask`; the causal rule is off for a single query,
         as x-transformers does for kv-cache decoding). zero_queries [B, N] bool: x-transformers' `mask`
@@ -89,7 +90,8 @@ class Attention(nnx.Module):
 
         # query head h reads kv head h % kv_heads (einops tile), not the Hugging Face h // groups
         out, scores = attend(q, k, v, mask=attention, scale=self.scale, bias=attn_bias, prev_scores=prev_attn,
-                             num_prefix_keys=mem, kv_layout="tiled", return_scores=True, backend=backend)
+                             num_prefix_keys=mem, kv_layout="tiled", return_scores=self.return_scores,
+                             backend=backend)
 
         out = rearrange(out, "b h n d -> b n (h d)")
         if self.to_out is not None:

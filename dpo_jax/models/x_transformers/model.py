@@ -96,13 +96,13 @@ class Transformer(nnx.Module):
         return self.config.max_seq_len or None
 
     def __call__(self, tokens, mask=None, positions=None, attn_mask=None, *, attention=None,
-                 attention_backend="xla"):
+                 attention_backend="auto"):
         """Logits [B, N, V] (float32 when dtype is float32). Arguments as in `hidden_states`."""
         return self.unembed(self.hidden_states(tokens, mask=mask, positions=positions, attn_mask=attn_mask,
                                                attention=attention, attention_backend=attention_backend))
 
     def hidden_states(self, tokens, mask=None, positions=None, attn_mask=None, remat=None, *, attention=None,
-                      attention_backend="xla"):
+                      attention_backend="auto"):
         """Final-norm hidden states [B, N, dim] (memory tokens stripped).
 
         mask [B, N] bool: x-transformers' `mask` (key padding, zeroed attention output at pad queries).
