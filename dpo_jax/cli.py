@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multi-host: how long a process waits for the coordinator (default 300)")
     loss = train.add_argument_group("loss")
     loss.add_argument("--beta", type=_positive_float, help="default: demo 1.0 (summed log-probs), --data 0.1")
-    loss.add_argument("--loss-type", type=_loss_types, default="sigmoid", metavar="TYPE[,TYPE...]",
-                      help=f"one of {', '.join(LOSS_TYPES)}, or a comma-separated combination (e.g. sigmoid,sft)")
+    loss.add_argument("--loss-type", type=_loss_types, metavar="TYPE[,TYPE...]",
+                      help=f"one of {', '.join(LOSS_TYPES)}, or a comma-separated combination (e.g. sigmoid,sft); "
+                           "default: demo sigmoid,sft (weights 1,0.5), --data sigmoid")
     loss.add_argument("--loss-weights", type=_loss_weights, metavar="W[,W...]",
                       help="one weight per --loss-type term (default all 1), e.g. 1,0.2")
     loss.add_argument("--ld-alpha", type=float, metavar="A", help="LD-DPO: scale of the log-probs past the shorter "
@@ -176,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GENERAL_DEFAULTS = {"beta": 0.1, "reduction": "mean", "batch_size": 16}
+GENERAL_DEFAULTS = {"beta": 0.1, "reduction": "mean", "batch_size": 16, "loss_type": "sigmoid"}
 
 
 def fill_task_defaults(args):
@@ -187,6 +188,10 @@ def fill_task_defaults(args):
                         steps=DEMO_RECIPE["quick_steps"] if args.quick else DEMO_RECIPE["steps"])
     else:
         defaults = GENERAL_DEFAULTS
+    if args.loss_type is None:   # the recipe's loss weights belong to its loss types only
+        args.loss_type = defaults["loss_type"]
+        if args.loss_weights is None:
+            args.loss_weights = defaults.get("loss_weights")
     for name in ("beta", "reduction", "batch_size", "lr", "steps"):
         if getattr(args, name, None) is None and name in defaults:
             setattr(args, name, defaults[name])

@@ -282,9 +282,10 @@ def run(config: RunConfig) -> dict:
             "model_config": json.loads(task.policy.config.to_json()), "run_config": config.to_dict()}
     if resuming:
         state, saved = checkpointer.restore(state, shardings=sharding.state_shardings(state, mesh))
-        meta.update({k: v for k, v in saved.items() if k.startswith("preferred_rate")})
+        meta.update({k: v for k, v in saved.items() if k.startswith(("preferred_rate", "valid_rate"))})
     elif task.demo is not None:
-        meta["preferred_rate_before"] = float(task.demo.preferred_rate(task.reference, seed=config.seed))
+        before = task.demo.rates(task.reference, seed=config.seed)
+        meta.update(preferred_rate_before=before["preferred_rate"], valid_rate_before=before["valid_rate"])
     start = int(state.step)
     log = MetricsLog(run_dir, resume_step=start, write=primary)
 
@@ -350,8 +351,10 @@ def run(config: RunConfig) -> dict:
     if task.data is not None:
         summary["data"] = task.data
     if task.demo is not None:
-        summary["preferred_rate_before"] = meta.get("preferred_rate_before")
-        summary["preferred_rate_after"] = float(task.demo.preferred_rate(policy, seed=config.seed))
+        after = task.demo.rates(policy, seed=config.seed)
+        summary.update(preferred_rate_before=meta.get("preferred_rate_before"),
+                       preferred_rate_after=after["preferred_rate"],
+                       valid_rate_before=meta.get("valid_rate_before"), valid_rate_after=after["valid_rate"])
     if primary:
         write_json(os.path.join(run_dir, SUMMARY_FILE), summary)
     checkpointer.close()
