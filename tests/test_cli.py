@@ -21,7 +21,7 @@ def test_demo_aligns_the_model_writes_every_file_and_policy_loads_in_torch(tmp_p
     printed = json.loads(capsys.readouterr().out)
     for name in ("metrics.jsonl", "summary.json", "training.png", "policy.safetensors", "run_config.json"):
         assert (out / name).exists(), name
-    assert sorted(os.listdir(out / "checkpoints"), key=int) == ["100", "150"]
+    assert sorted(os.listdir(out / "checkpoints"), key=int) == ["50", "100", "150"]
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in records] == list(range(1, 151))
     assert all(key in records[-1] for key in DESIGN_METRICS)
