@@ -41,6 +41,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _loss_types(text: str):
+    """One loss type, or a comma-separated list of them (a weighted combination with --loss-weights)."""
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in LOSS_TYPES:
+            raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(LOSS_TYPES)})")
+    return names[0] if len(names) == 1 else tuple(names)
+
+
+def _loss_weights(text: str):
+    try:
+        return tuple(float(weight) for weight in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text}") from None
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -168,7 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multi-host: how long a process waits for the coordinator (default 300)")
     loss = train.add_argument_group("loss")
     loss.add_argument("--beta", type=_positive_float, help="default: demo 1.0 (summed log-probs), --data 0.1")
-    loss.add_argument("--loss-type", choices=LOSS_TYPES, default="sigmoid")
+    loss.add_argument("--loss-type", type=_loss_types, metavar="TYPE[,TYPE...]",
+                      help=f"one of {', '.join(LOSS_TYPES)}, or a comma-separated combination (e.g. sigmoid,sft); "
+                           "default: demo sigmoid,sft (weights 1,0.5), --data sigmoid")
+    loss.add_argument("--loss-weights", type=_loss_weights, metavar="W[,W...]",
+                      help="one weight per --loss-type term (default all 1), e.g. 1,0.2")
+    loss.add_argument("--ld-alpha", type=float, metavar="A", help="LD-DPO: scale of the log-probs past the shorter "
+                      "completion, in [0, 1] (needs --reduction sum)")
+    loss.add_argument("--use-weighting", action="store_true", help="WPO: weight pairs by the policy's own "
+                      "token probabilities")
+    loss.add_argument("--logits-metrics", action="store_true", help="also log logits/chosen and logits/rejected")
     loss.add_argument("--reduction", choices=("mean", "sum"), help="default: demo sum, --data mean (the seed)")
     loss.add_argument("--divergence", choices=DIVERGENCES, default="reverse_kl")
     loss.add_argument("--label-smoothing", type=float, default=0.0)
@@ -212,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GENERAL_DEFAULTS = {"beta": 0.1, "reduction": "mean", "batch_size": 16}
+GENERAL_DEFAULTS = {"beta": 0.1, "reduction": "mean", "batch_size": 16, "loss_type": "sigmoid"}
 
 
 def fill_task_defaults(args):
@@ -223,6 +248,10 @@ def fill_task_defaults(args):
                         steps=DEMO_RECIPE["quick_steps"] if args.quick else DEMO_RECIPE["steps"])
     else:
         defaults = GENERAL_DEFAULTS
+    if args.loss_type is None:   # the recipe's loss weights belong to its loss types only
+        args.loss_type = defaults["loss_type"]
+        if args.loss_weights is None:
+            args.loss_weights = defaults.get("loss_weights")
     for name in ("beta", "reduction", "batch_size", "lr", "steps"):
         if getattr(args, name, None) is None and name in defaults:
             setattr(args, name, defaults[name])
@@ -256,6 +285,8 @@ def run_config_from_args(args, parser):
             compute_dtype="bfloat16" if args.bf16 else args.compute_dtype, attention=args.attention)
         train_config = TrainConfig(
             beta=args.beta, loss_type=args.loss_type, reduction=args.reduction, divergence=args.divergence,
+            loss_weights=args.loss_weights, ld_alpha=args.ld_alpha, use_weighting=args.use_weighting,
+            logits_metrics=args.logits_metrics,
             label_smoothing=args.label_smoothing, optimizer=args.optimizer, learning_rate=args.lr,
             warmup_steps=args.warmup_steps, schedule=args.schedule, weight_decay=args.weight_decay,
             grad_accum=args.grad_accum, grad_clip=args.grad_clip or None, precompute_ref=args.precompute_ref,

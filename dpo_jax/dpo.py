@@ -6,7 +6,11 @@ validation. Inside, the pair is `chosen` / `rejected` (TRL's names).
 
 The reference gets no gradient (its log-probs pass through `stop_gradient`), so
 `nnx.value_and_grad(lambda policy: dpo_loss(policy, reference, ...)[0])` differentiates the policy only.
-`reference` may be a model, precomputed `ReferenceLogps`, or None for reference-free losses (simpo).
+`reference` may be a model, precomputed `ReferenceLogps`, or None for reference-free losses (simpo, orpo, sft).
+
+The log-prob step computes only what the loss and metrics read: `losses.required_statistics` names the
+per-sequence statistics (token sums and counts, WPO's squared-probability sums, mean logits), a static choice,
+so the default options run exactly the plain path.
 """
 
 from typing import NamedTuple
@@ -18,7 +22,7 @@ from dpo_jax.forward import FastPath, ForwardOptions
 from dpo_jax.layouts import get_layout
 from dpo_jax.layouts.padded import pair_sequence_logprobs, sequence_masks
 from dpo_jax.logprobs import MASK_ALIGNMENTS, REDUCTIONS
-from dpo_jax.losses import preference_loss, validate_loss_options
+from dpo_jax.losses import preference_loss, required_statistics, validate_loss_options
 from dpo_jax.models.base import max_seq_len_of, vocab_size_of
 from dpo_jax.validation import check_scored_rows, is_concrete, validate_dpo_inputs
 
@@ -33,45 +37,72 @@ class ReferenceLogps(NamedTuple):
 
 
 def validate_options(*, beta, loss_type, reduction, mask_alignment, label_smoothing, divergence, alpha, gamma,
-                     has_reference):
+                     has_reference, loss_weights=None, ld_alpha=None, use_weighting=False, logits_metrics=False):
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
     if mask_alignment not in MASK_ALIGNMENTS:
         raise ValueError(f"unknown mask_alignment {mask_alignment!r}; expected one of {', '.join(MASK_ALIGNMENTS)}")
+    if not isinstance(logits_metrics, bool):
+        raise ValueError(f"logits_metrics must be True or False, got {logits_metrics!r}")
     validate_loss_options(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing, divergence=divergence,
-                          alpha=alpha, gamma=gamma, has_reference=has_reference)
+                          alpha=alpha, gamma=gamma, has_reference=has_reference, loss_weights=loss_weights,
+                          use_weighting=use_weighting, ld_alpha=ld_alpha, reduction=reduction)
 
 
-def _reference_pair_logps(reference, batch, layout, *, reduction, forward):
+def _step_options(ld_alpha, statistics):
+    """The log-prob step's keywords beyond reduction and forward, only those that are set (a Layout written
+    before them keeps working on the default path)."""
+    options = {}
+    if ld_alpha is not None:
+        options["ld_alpha"] = ld_alpha
+    if statistics:
+        options["statistics"] = statistics
+    return options
+
+
+def _reference_pair_logps(reference, batch, layout, *, reduction, forward, ld_alpha=None):
     """(chosen, rejected) reference log-probs without gradient: precomputed, or one forward of the reference."""
     if reference is None:
         return None, None
     if isinstance(reference, tuple):  # ReferenceLogps or a plain (chosen, rejected) pair
         return tuple(jax.lax.stop_gradient(jnp.asarray(x)) for x in reference)
-    logps = layout.pair_logprobs(reference, batch, reduction=reduction, forward=forward)
+    logps = layout.pair_logprobs(reference, batch, reduction=reduction, forward=forward,
+                                 **_step_options(ld_alpha, ()))
     return jax.lax.stop_gradient(logps.chosen), jax.lax.stop_gradient(logps.rejected)
 
 
 def batch_loss(policy, reference, batch, *, layout="padded", beta=0.1, pad_id=None, loss_type="sigmoid",
                reduction="mean", mask_alignment="next_token", label_smoothing=0.0, divergence="reverse_kl",
-               alpha=0.5, gamma=0.5, forward=None):
+               alpha=0.5, gamma=0.5, loss_weights=None, ld_alpha=None, use_weighting=False, logits_metrics=False,
+               forward=None):
     """DPO loss and TRL-named metrics of a batch dict in any layout (`dpo_jax.layouts`).
 
     `batch` holds the layout's arrays (`layout.keys`); `reference` is a model, `ReferenceLogps` [K] in the
     layout's pair order, or None (reference-free losses). Pairs with weight 0 (empty packed slots) count in
     neither the loss nor a metric. `forward` (ForwardOptions or a dict of its fields) chooses how the
     log-probs are computed for policy and reference, never what they are.
+
+    `loss_type` may be a list with `loss_weights` (a weighted sum; `loss/<type>` per term); `ld_alpha` (LD-DPO,
+    reduction "sum") rescales the policy's and the reference's log-probs past the pair's shorter completion
+    (precomputed `ReferenceLogps` must come from `reference_logprobs(..., ld_alpha=)`); `use_weighting` is WPO;
+    `logits_metrics` adds `logits/chosen` and `logits/rejected`.
     """
     validate_options(beta=beta, loss_type=loss_type, reduction=reduction, mask_alignment=mask_alignment,
                      label_smoothing=label_smoothing, divergence=divergence, alpha=alpha, gamma=gamma,
-                     has_reference=reference is not None)
+                     has_reference=reference is not None, loss_weights=loss_weights, ld_alpha=ld_alpha,
+                     use_weighting=use_weighting, logits_metrics=logits_metrics)
     forward = ForwardOptions.of(forward)
     layout = get_layout(layout, pad_id=pad_id, mask_alignment=mask_alignment)
-    policy_logps = layout.pair_logprobs(policy, batch, reduction=reduction, forward=forward)
-    ref_chosen, ref_rejected = _reference_pair_logps(reference, batch, layout, reduction=reduction, forward=forward)
+    statistics = required_statistics(loss_type, use_weighting=use_weighting, logits_metrics=logits_metrics)
+    policy_logps = layout.pair_logprobs(policy, batch, reduction=reduction, forward=forward,
+                                        **_step_options(ld_alpha, statistics))
+    ref_chosen, ref_rejected = _reference_pair_logps(reference, batch, layout, reduction=reduction, forward=forward,
+                                                     ld_alpha=ld_alpha)
     return preference_loss(policy_logps.chosen, policy_logps.rejected, ref_chosen, ref_rejected, beta=beta,
                            loss_type=loss_type, label_smoothing=label_smoothing, divergence=divergence, alpha=alpha,
-                           gamma=gamma, weights=policy_logps.weights)
+                           gamma=gamma, weights=policy_logps.weights, loss_weights=loss_weights,
+                           use_weighting=use_weighting, chosen_stats=policy_logps.chosen_stats,
+                           rejected_stats=policy_logps.rejected_stats)
 
 
 def _padded_batch(preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask):
@@ -104,7 +135,7 @@ def _validate_padded(model, preferred_seq, unpreferred_seq, *, prompt_mask, pref
 def dpo_loss(policy, reference, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
              unpreferred_seq_mask=None, beta=0.1, pad_id=None, loss_type="sigmoid", reduction="mean",
              mask_alignment="next_token", label_smoothing=0.0, divergence="reverse_kl", alpha=0.5, gamma=0.5,
-             **forward_options):
+             loss_weights=None, ld_alpha=None, use_weighting=False, logits_metrics=False, **forward_options):
     """DPO loss and TRL-named metrics; same arguments and defaults as `dpo_torch.DPO`.
 
     `policy` and a model `reference` fulfil the model contract (`dpo_jax.models.base`): any callable
@@ -115,25 +146,26 @@ def dpo_loss(policy, reference, preferred_seq, unpreferred_seq, *, prompt_mask, 
     Inputs are validated when concrete (outside jit): shapes, dtypes, vocabulary, max_seq_len, and that every
     row has at least one scored token. Inside jit the arrays come from a validated pipeline.
     """
-    validate_options(beta=beta, loss_type=loss_type, reduction=reduction, mask_alignment=mask_alignment,
-                     label_smoothing=label_smoothing, divergence=divergence, alpha=alpha, gamma=gamma,
-                     has_reference=reference is not None)
+    options = dict(beta=beta, loss_type=loss_type, reduction=reduction, mask_alignment=mask_alignment,
+                   label_smoothing=label_smoothing, divergence=divergence, alpha=alpha, gamma=gamma,
+                   loss_weights=loss_weights, ld_alpha=ld_alpha, use_weighting=use_weighting,
+                   logits_metrics=logits_metrics)
+    validate_options(**options, has_reference=reference is not None)
     forward = ForwardOptions.of(forward_options)  # unknown or invalid options fail here, before any compute
     _validate_padded(policy, preferred_seq, unpreferred_seq, prompt_mask=prompt_mask,
                      preferred_seq_mask=preferred_seq_mask, unpreferred_seq_mask=unpreferred_seq_mask, pad_id=pad_id,
                      mask_alignment=mask_alignment)
     batch = _padded_batch(preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
-    return batch_loss(policy, reference, batch, layout="padded", beta=beta, pad_id=pad_id, loss_type=loss_type,
-                      reduction=reduction, mask_alignment=mask_alignment, label_smoothing=label_smoothing,
-                      divergence=divergence, alpha=alpha, gamma=gamma, forward=forward)
+    return batch_loss(policy, reference, batch, layout="padded", pad_id=pad_id, forward=forward, **options)
 
 
 def reference_logprobs(reference, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
                        unpreferred_seq_mask=None, pad_id=None, reduction="mean", mask_alignment="next_token",
-                       **forward_options):
-    """ReferenceLogps of a padded batch, e.g. to precompute them once for a fixed reference."""
+                       ld_alpha=None, **forward_options):
+    """ReferenceLogps of a padded batch, e.g. to precompute them once for a fixed reference (with the loss's
+    reduction, alignment and ld_alpha)."""
     batch = _padded_batch(preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
     layout = get_layout("padded", pad_id=pad_id, mask_alignment=mask_alignment)
     chosen, rejected = _reference_pair_logps(reference, batch, layout, reduction=reduction,
-                                             forward=ForwardOptions.of(forward_options))
+                                             forward=ForwardOptions.of(forward_options), ld_alpha=ld_alpha)
     return ReferenceLogps(chosen, rejected)

@@ -13,9 +13,10 @@ from torch.nn import Module
 from dpo_torch.helpers import exists, freeze_all_layers_, masked_mean, maybe_and_mask
 from dpo_torch.lora import check_adapters_start_at_zero, is_peft_model, reference_forward, trainable_parameters
 from dpo_torch.logprobs import (
-    MASK_ALIGNMENTS, REDUCTIONS, log_prob_from_model_and_seq, scored_mask, sequence_logprobs,
+    MASK_ALIGNMENTS, REDUCTIONS, check_ld_reduction, ld_sequence_logprobs, log_prob_and_statistics_from_model_and_seq,
+    log_prob_from_model_and_seq, scored_mask, sequence_logprobs, sequence_statistics,
 )
-from dpo_torch.losses import REFERENCE_FREE_LOSSES, preference_loss, validate_loss_options
+from dpo_torch.losses import needs_reference, preference_loss, required_statistics, validate_loss_options
 from dpo_torch.validation import (
     check_scored_rows, model_max_seq_len, model_num_tokens, validate_dpo_inputs, validate_reference_logps,
 )
@@ -28,9 +29,13 @@ class DPO(Module):
     (`AutoModelForCausalLM`: its `.logits` are read; vocabulary and length limit come from `model.config`).
 
     `policy_model` is the model passed in (trained); `ref_model` is a frozen deepcopy taken at construction,
-    always in eval mode and never given gradients. Reference-free losses (`loss_type="simpo"`) keep no copy:
-    `ref_model` is None. `parameters()` yields the policy's parameters only, so an optimizer built from
-    `dpo.parameters()` cannot touch the reference.
+    always in eval mode and never given gradients. Reference-free losses (`loss_type` "simpo", "orpo", "sft",
+    or a list of them) keep no copy: `ref_model` is None. `parameters()` yields the policy's parameters only, so
+    an optimizer built from `dpo.parameters()` cannot touch the reference.
+
+    `loss_type` may be a list with `loss_weights` (their weighted sum, e.g. RPO = ["sigmoid", "sft"]);
+    `ld_alpha` is LD-DPO (reduction "sum"), `use_weighting` WPO, and `logits_metrics` adds TRL's
+    `logits/chosen` and `logits/rejected` to the metrics.
 
     A `peft.PeftModel` (LoRA) is not copied: the reference is the same model with its adapters off, or, with
     `ref_adapter_name`, with that frozen adapter active instead of the trained one (continuing an adapter);
@@ -40,16 +45,20 @@ class DPO(Module):
 
     def __init__(self, model, *, beta=0.1, pad_id=None, loss_type="sigmoid", reduction="mean",
                  mask_alignment="next_token", label_smoothing=0.0, divergence="reverse_kl", alpha=0.5, gamma=0.5,
-                 ref_adapter_name=None):
+                 loss_weights=None, ld_alpha=None, use_weighting=False, logits_metrics=False, ref_adapter_name=None):
         super().__init__()
-        validate_loss_options(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
-                              divergence=divergence, alpha=alpha, gamma=gamma)
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
         if mask_alignment not in MASK_ALIGNMENTS:
             raise ValueError(
                 f"unknown mask_alignment {mask_alignment!r}; expected one of {', '.join(MASK_ALIGNMENTS)}"
             )
+        if not isinstance(logits_metrics, bool):
+            raise ValueError(f"logits_metrics must be True or False, got {logits_metrics!r}")
+        validate_loss_options(beta=beta, loss_type=loss_type, label_smoothing=label_smoothing,
+                              divergence=divergence, alpha=alpha, gamma=gamma,
+                              has_reference=needs_reference(loss_type), loss_weights=loss_weights,
+                              use_weighting=use_weighting, ld_alpha=ld_alpha, reduction=reduction)
 
         self.policy_model = model
         self.ref_model = None
@@ -57,7 +66,7 @@ class DPO(Module):
         self.ref_adapter_name = ref_adapter_name
         if ref_adapter_name is not None:
             _check_reference_adapter(model, ref_adapter_name)
-        if loss_type not in REFERENCE_FREE_LOSSES:
+        if needs_reference(loss_type):
             if self.is_peft:  # the reference is the policy's own base: adapters off, or a frozen adapter on it
                 if ref_adapter_name is None:
                     check_adapters_start_at_zero(model)
@@ -74,10 +83,15 @@ class DPO(Module):
         self.divergence = divergence
         self.alpha = alpha
         self.gamma = gamma
+        self.loss_weights = loss_weights
+        self.ld_alpha = ld_alpha
+        self.use_weighting = use_weighting
+        self.logits_metrics = logits_metrics
+        self.statistics = required_statistics(loss_type, use_weighting=use_weighting, logits_metrics=logits_metrics)
 
     @property
     def is_reference_free(self):
-        return self.loss_type in REFERENCE_FREE_LOSSES
+        return not needs_reference(self.loss_type)
 
     def parameters(self, recurse=True):
         """The policy's parameters only (the seed's contract): the reference is not trainable. For a PEFT model,
@@ -115,22 +129,38 @@ class DPO(Module):
     def _sequence_logprobs(self, model, seq, mask):
         return sequence_logprobs(log_prob_from_model_and_seq(model, seq), mask, self.reduction)
 
+    def _pair_logprobs(self, model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, statistics=()):
+        """(chosen [B], rejected [B], chosen SequenceStats, rejected SequenceStats): the seed's path (one forward
+        per sequence, log_softmax + gather) unless LD-DPO or statistics need the token log-probs and logits."""
+        if self.ld_alpha is None and not statistics:
+            return (self._sequence_logprobs(model, preferred_seq, chosen_mask),
+                    self._sequence_logprobs(model, unpreferred_seq, rejected_mask), None, None)
+        chosen_tokens, chosen_head = log_prob_and_statistics_from_model_and_seq(model, preferred_seq, statistics)
+        rejected_tokens, rejected_head = log_prob_and_statistics_from_model_and_seq(model, unpreferred_seq, statistics)
+        check_ld_reduction(self.ld_alpha, self.reduction)
+        if self.ld_alpha is None:
+            chosen = sequence_logprobs(chosen_tokens, chosen_mask, self.reduction)
+            rejected = sequence_logprobs(rejected_tokens, rejected_mask, self.reduction)
+        else:
+            chosen, rejected = ld_sequence_logprobs(chosen_tokens, rejected_tokens, chosen_mask, rejected_mask,
+                                                    self.ld_alpha)
+        return (chosen, rejected, sequence_statistics(chosen_tokens, chosen_mask, statistics, chosen_head),
+                sequence_statistics(rejected_tokens, rejected_mask, statistics, rejected_head))
+
     @torch.no_grad()
     def _reference_logprobs(self, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask):
         if self.is_peft:
             with reference_forward(self.policy_model, self.ref_adapter_name) as reference:
-                return (self._sequence_logprobs(reference, preferred_seq, chosen_mask),
-                        self._sequence_logprobs(reference, unpreferred_seq, rejected_mask))
+                return self._pair_logprobs(reference, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask)[:2]
         self.ref_model.eval()
-        return (self._sequence_logprobs(self.ref_model, preferred_seq, chosen_mask),
-                self._sequence_logprobs(self.ref_model, unpreferred_seq, rejected_mask))
+        return self._pair_logprobs(self.ref_model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask)[:2]
 
     def reference_logprobs(self, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
                            unpreferred_seq_mask=None):
         """Reference log-probs (chosen [B], rejected [B]), to compute once and pass as `reference_logps`.
 
-        They are reduced with this module's `reduction` and `mask_alignment`; pass them back only to a module
-        with the same two options (and the same pad_id / masks), or the loss mixes incompatible numbers.
+        They are reduced with this module's `reduction`, `mask_alignment` and `ld_alpha`; pass them back only to a
+        module with the same options (and the same pad_id / masks), or the loss mixes incompatible numbers.
         """
         if self.is_reference_free:
             raise ValueError(f"loss_type {self.loss_type!r} is reference-free: there is no reference model")
@@ -160,12 +190,14 @@ class DPO(Module):
             ref_chosen, ref_rejected = self._reference_logprobs(
                 preferred_seq, unpreferred_seq, chosen_mask, rejected_mask)
 
-        policy_chosen = self._sequence_logprobs(self.policy_model, preferred_seq, chosen_mask)
-        policy_rejected = self._sequence_logprobs(self.policy_model, unpreferred_seq, rejected_mask)
+        policy_chosen, policy_rejected, chosen_stats, rejected_stats = self._pair_logprobs(
+            self.policy_model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, self.statistics)
 
         loss, metrics = preference_loss(
             policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=self.beta, loss_type=self.loss_type,
             label_smoothing=self.label_smoothing, divergence=self.divergence, alpha=self.alpha, gamma=self.gamma,
+            loss_weights=self.loss_weights, use_weighting=self.use_weighting, chosen_stats=chosen_stats,
+            rejected_stats=rejected_stats,
         )
         return (loss, metrics) if return_metrics else loss
 

@@ -82,3 +82,37 @@ def oracle_sequence_logprobs(logits_or_token_logps, seq, prompt_mask, seq_mask=N
             raise ValueError(f"row {b} has no scored token")
         out[b] = sum(picked) / len(picked) if reduction == "mean" else sum(picked)
     return out
+
+
+def oracle_ld_logprobs(chosen_token_logps, rejected_token_logps, chosen_scored, rejected_scored, ld_alpha):
+    """LD-DPO (Liu et al. 2024; TRL's ld_alpha), token by token: for each pair, the first min(|y_c|, |y_r|)
+    scored tokens of each completion count fully, later ones times ld_alpha."""
+    out = [np.empty(len(chosen_token_logps)), np.empty(len(chosen_token_logps))]
+    for b in range(len(chosen_token_logps)):
+        picked = [[lp[b, t] for t in range(lp.shape[1]) if scored[b, t]]
+                  for lp, scored in ((np.asarray(chosen_token_logps, np.float64), np.asarray(chosen_scored)),
+                                     (np.asarray(rejected_token_logps, np.float64), np.asarray(rejected_scored)))]
+        shared = min(len(picked[0]), len(picked[1]))
+        for side in (0, 1):
+            out[side][b] = sum(picked[side][:shared]) + ld_alpha * sum(picked[side][shared:])
+    return out
+
+
+def oracle_sequence_statistics(logits64, seq, scored):
+    """Per sequence, from logits [B, N-1, V] of seq[:, :-1] and the scored mask [B, N-1], in float64 loops:
+    tokens, logp_sum, wpo_sum = sum_t (logp_t - log sum_v p_v(t)^2) and logit_sum = sum_t mean_v z_v(t)."""
+    logits64 = np.asarray(logits64, np.float64)
+    token_logps = oracle_token_logprobs(logits64, seq)
+    stats = {name: np.zeros(len(seq)) for name in ("tokens", "logp_sum", "wpo_sum", "logit_sum")}
+    for b in range(len(seq)):
+        for t in range(token_logps.shape[1]):
+            if not scored[b, t]:
+                continue
+            row = logits64[b, t]
+            probs = np.exp(row - row.max())
+            probs /= probs.sum()
+            stats["tokens"][b] += 1
+            stats["logp_sum"][b] += token_logps[b, t]
+            stats["wpo_sum"][b] += token_logps[b, t] - np.log(np.sum(probs ** 2))
+            stats["logit_sum"][b] += row.mean()
+    return stats

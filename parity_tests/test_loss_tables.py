@@ -5,11 +5,14 @@ import itertools
 
 import pytest
 
+from dpo_jax import logprobs as jlp
 from dpo_jax import losses as jl
+from dpo_torch import logprobs as tlp
 from dpo_torch import losses as tl
 
 TABLES = ("LOSS_TYPES", "DIVERGENCES", "DIVERGENCE_LOSSES", "REFERENCE_FREE_LOSSES", "LABEL_SMOOTHING_RANGES",
-          "METRIC_NAMES", "DISCOPOP_TAU", "EXP_CLAMP")
+          "METRIC_NAMES", "DISCOPOP_TAU", "EXP_CLAMP", "TOKEN_STATISTICS_LOSSES", "BATCH_LEVEL_LOSSES",
+          "EXTRA_METRIC_NAMES", "ORPO_MAX_MEAN_LOGP")
 
 
 @pytest.mark.parametrize("name", TABLES)
@@ -47,4 +50,29 @@ def test_validation_outcomes_equal(chunk):
     for loss_type, divergence, smoothing, beta, alpha, has_reference in GRID[chunk::8]:
         options = dict(beta=beta, loss_type=loss_type, label_smoothing=smoothing, divergence=divergence,
                        alpha=alpha, gamma=0.5, has_reference=has_reference)
+        assert _outcome(jl.validate_loss_options, **options) == _outcome(tl.validate_loss_options, **options)
+
+
+def test_statistics_tables_equal():
+    assert jlp.STATISTICS == tlp.STATISTICS
+    assert jlp.SequenceStats._fields == tlp.SequenceStats._fields
+    assert jlp.SequenceStats.__doc__ == tlp.SequenceStats.__doc__
+    for name in ("ld_sequence_logprobs", "sequence_statistics", "check_statistics", "check_ld_reduction"):
+        assert getattr(jlp, name).__doc__ == getattr(tlp, name).__doc__, name
+
+
+EXTENSION_GRID = list(itertools.product(
+    ["sigmoid", "sft", "orpo", "sigmoid_norm", "aot", ("sigmoid", "sft"), ("orpo", "simpo"), ("sigmoid", "aot"),
+     ("sft", "sft"), ()],
+    [None, (1.0, 0.2), (0.5,)], [False, True], [None, 0.0, 0.5, 2.0], ["mean", "sum", None], [True, False]))
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_extension_validation_outcomes_equal(chunk):
+    """Combinations, loss_weights, use_weighting, ld_alpha and the reduction rules: the same outcome in both."""
+    for loss_type, loss_weights, use_weighting, ld_alpha, reduction, has_reference in EXTENSION_GRID[chunk::4]:
+        options = dict(beta=0.1, loss_type=list(loss_type) if isinstance(loss_type, tuple) else loss_type,
+                       label_smoothing=0.0, divergence="reverse_kl", alpha=0.5, gamma=0.5,
+                       has_reference=has_reference, loss_weights=loss_weights, use_weighting=use_weighting,
+                       ld_alpha=ld_alpha, reduction=reduction)
         assert _outcome(jl.validate_loss_options, **options) == _outcome(tl.validate_loss_options, **options)

@@ -6,8 +6,11 @@ row). Everything above (the loss, the reference cache, the train step) speaks on
 
 - `keys`: the names of the batch arrays the layout's device side reads;
 - `check(model, *, num_devices, grad_accum)`: refuse, before anything compiles, what the layout cannot do;
-- `pair_logprobs(model, batch, *, reduction, forward) -> PairLogps`: per-pair chosen / rejected log-probs
-  [K] and the pairs' weights (1 real, 0 an empty slot; None when every slot is real), from one forward;
+- `pair_logprobs(model, batch, *, reduction, forward, ld_alpha=None, statistics=()) -> PairLogps`: per-pair
+  chosen / rejected log-probs [K] (LD-DPO-scaled when `ld_alpha` is set) and the pairs' weights (1 real, 0 an
+  empty slot; None when every slot is real), from one forward; with `statistics` (names of
+  `dpo_jax.logprobs.STATISTICS`) also each sequence's `SequenceStats`. Callers pass the two keywords only when
+  they are set, so a layout written before them keeps working on the default path;
 - `batches(examples, ...) -> source` with `source.get_batch(step) -> (arrays, num_scored_tokens)`, a pure
   function of (seed, step) so that a resumed run sees exactly the batches an uninterrupted one would.
 
@@ -25,19 +28,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpo_jax.forward import ForwardOptions
-from dpo_jax.ops.logprob_head import head_token_logprobs
+from dpo_jax.logprobs import SequenceStats
+from dpo_jax.ops.logprob_head import HEAD_STATISTICS, head_token_logprobs, head_token_statistics
 
 __all__ = ["PairLogps", "Layout", "SCORE_BUCKET", "bucketed", "scored_span", "window_for_masks",
-           "window_indices", "scored_head_logprobs"]
+           "window_indices", "scored_head_logprobs", "scored_head_statistics"]
 
 SCORE_BUCKET = 64
 
 
 class PairLogps(NamedTuple):
-    """Per-pair sequence log-probs [K] of chosen and rejected, and the pairs' weights [K] (or None)."""
+    """Per-pair sequence log-probs [K] of chosen and rejected, the pairs' weights [K] (or None), and each
+    sequence's `SequenceStats` [K] when statistics were asked for (else None)."""
     chosen: jax.Array
     rejected: jax.Array
     weights: jax.Array | None = None
+    chosen_stats: SequenceStats | None = None
+    rejected_stats: SequenceStats | None = None
 
 
 class Layout(Protocol):
@@ -46,7 +53,8 @@ class Layout(Protocol):
 
     def check(self, model, *, num_devices: int = 1, grad_accum: int = 1) -> None: ...
 
-    def pair_logprobs(self, model, batch, *, reduction: str, forward: ForwardOptions) -> PairLogps: ...
+    def pair_logprobs(self, model, batch, *, reduction: str, forward: ForwardOptions, ld_alpha: float | None = None,
+                      statistics: tuple = ()) -> PairLogps: ...
 
     def batches(self, examples, **options): ...
 
@@ -100,3 +108,17 @@ def scored_head_logprobs(model, hidden, targets, index, forward: ForwardOptions)
     logps = head_token_logprobs(hidden, head, targets, method=forward.head_for(head.weight.shape[-1]),
                                 chunk_size=forward.head_chunk_size)
     return logps
+
+
+def scored_head_statistics(model, hidden, targets, index, forward: ForwardOptions, statistics=()):
+    """(`scored_head_logprobs`, {name: [R, W]} per-position head statistics) from the same head pass; only the
+    `HEAD_STATISTICS` among `statistics` are computed (none: exactly `scored_head_logprobs`)."""
+    wanted = tuple(name for name in statistics if name in HEAD_STATISTICS)
+    if not wanted:
+        return scored_head_logprobs(model, hidden, targets, index, forward), {}
+    if index is not None:
+        hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
+        targets = jnp.take_along_axis(targets, index if targets.ndim == 2 else index[..., None], axis=1)
+    head = model.output_head()
+    return head_token_statistics(hidden, head, targets, statistics=wanted,
+                                 method=forward.head_for(head.weight.shape[-1]), chunk_size=forward.head_chunk_size)

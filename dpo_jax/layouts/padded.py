@@ -16,14 +16,16 @@ import numpy as np
 
 from dpo_jax.data import PreferenceDataset, truncated_lengths
 from dpo_jax.forward import ForwardOptions
-from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_logprobs, window_for_masks, window_indices
-from dpo_jax.logprobs import scored_mask, sequence_logprobs, token_logprobs
+from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_statistics, window_for_masks, window_indices
+from dpo_jax.logprobs import (SequenceStats, check_ld_reduction, ld_sequence_logprobs, scored_mask,
+                              sequence_logprobs, sequence_statistics, token_logprobs)
 from dpo_jax.models.base import has_fast_path
 from dpo_jax.models.precision import with_compute_dtype
+from dpo_jax.ops.logprob_head import HEAD_STATISTICS, logit_statistics
 from dpo_jax.validation import check_token_range, is_concrete
 
 __all__ = ["SEQUENCE_KEYS", "PaddedLayout", "PaddedBatches", "sequence_masks", "pair_sequence_logprobs",
-           "padded_score_index"]
+           "padded_pair_logps", "padded_score_index"]
 
 SEQUENCE_KEYS = ("preferred_seq", "unpreferred_seq", "prompt_mask", "preferred_seq_mask", "unpreferred_seq_mask")
 
@@ -58,36 +60,63 @@ def _window(options: ForwardOptions, masks, score_index):
 
 
 def pair_sequence_logprobs(model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, reduction="mean", *,
-                           score_index=None, **forward_options):
+                           score_index=None, ld_alpha=None, **forward_options):
     """Per-sequence log-probs of chosen and rejected from one concatenated [2B] forward of `model`.
 
     `forward_options` are `ForwardOptions` fields; every setting gives the same numbers. `score_index`
     [B, 2, W] (host-built, `padded_score_index`) fixes the scored window under jit. A row whose scored
-    tokens are not all inside the window gets a NaN log-prob: refused loudly, never truncated.
+    tokens are not all inside the window gets a NaN log-prob: refused loudly, never truncated. `ld_alpha`
+    (reduction "sum") gives LD-DPO's log-probs (`logprobs.ld_sequence_logprobs`).
     """
-    options = ForwardOptions.of(forward_options)
+    logps = padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, reduction,
+                              score_index=score_index, ld_alpha=ld_alpha, forward=forward_options)
+    return logps.chosen, logps.rejected
+
+
+def padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, reduction="mean", *,
+                      score_index=None, ld_alpha=None, statistics=(), forward=None) -> PairLogps:
+    """`pair_sequence_logprobs` as a `PairLogps`, with each sequence's `SequenceStats` when `statistics` are asked
+    for (the head's per-position statistics come out of the same head pass)."""
+    options = ForwardOptions.of(forward)
+    check_ld_reduction(ld_alpha, reduction)
     batch = preferred_seq.shape[0]
     seqs = jnp.concatenate([preferred_seq, unpreferred_seq], axis=0)
     masks = jnp.concatenate([chosen_mask, rejected_mask], axis=0)
     model = with_compute_dtype(model, options.compute_dtype)
     targets = seqs[:, 1:]
+    complete = None  # rows whose scored tokens are all inside the window (None: no window)
     if not has_fast_path(model):  # a plain callable: its logits at every position
         logits = model(seqs[:, :-1])
         if is_concrete(seqs):  # the logits say the vocabulary: a larger id would be clamped silently
             check_token_range(preferred_seq, "preferred_seq", logits.shape[-1])
             check_token_range(unpreferred_seq, "unpreferred_seq", logits.shape[-1])
         token_logps = token_logprobs(logits, targets)
-        logps = sequence_logprobs(token_logps, masks, reduction)
-        return logps[:batch], logps[batch:]
-    # no padding mask goes to the model: right padding is invisible to causal attention
-    hidden = model.hidden_states(seqs[:, :-1], remat=options.remat, attention_backend=options.attention)
-    index = _window(options, masks, score_index)
-    token_logps = scored_head_logprobs(model, hidden, targets, index, options)
-    scored = masks if index is None else jnp.take_along_axis(masks, index, axis=1)
-    logps = sequence_logprobs(token_logps, scored, reduction)
-    if index is not None:  # a scored token outside the window: refuse loudly, never truncate
-        logps = jnp.where(scored.sum(axis=-1) == masks.sum(axis=-1), logps, jnp.nan)
-    return logps[:batch], logps[batch:]
+        head_statistics = logit_statistics(logits, tuple(n for n in statistics if n in HEAD_STATISTICS))
+        scored = masks
+    else:
+        # no padding mask goes to the model: right padding is invisible to causal attention
+        hidden = model.hidden_states(seqs[:, :-1], remat=options.remat, attention_backend=options.attention)
+        index = _window(options, masks, score_index)
+        token_logps, head_statistics = scored_head_statistics(model, hidden, targets, index, options, statistics)
+        scored = masks if index is None else jnp.take_along_axis(masks, index, axis=1)
+        if index is not None:
+            complete = scored.sum(axis=-1) == masks.sum(axis=-1)
+    if ld_alpha is None:
+        logps = sequence_logprobs(token_logps, scored, reduction)
+    else:
+        logps = jnp.concatenate(ld_sequence_logprobs(token_logps[:batch], token_logps[batch:], scored[:batch],
+                                                     scored[batch:], ld_alpha))
+    stats = sequence_statistics(token_logps, scored, statistics, head_statistics)
+    if complete is not None:  # a scored token outside the window: refuse loudly, never truncate
+        def refuse(values):
+            return None if values is None else jnp.where(complete, values, jnp.nan)
+        logps = refuse(logps)
+        stats = None if stats is None else SequenceStats(*map(refuse, stats))
+    if stats is None:
+        return PairLogps(logps[:batch], logps[batch:])
+    chosen_stats = SequenceStats(*(None if x is None else x[:batch] for x in stats))
+    rejected_stats = SequenceStats(*(None if x is None else x[batch:] for x in stats))
+    return PairLogps(logps[:batch], logps[batch:], None, chosen_stats, rejected_stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,13 +136,12 @@ class PaddedLayout:
             preferred_seq_mask=batch.get("preferred_seq_mask"), unpreferred_seq_mask=batch.get("unpreferred_seq_mask"),
             pad_id=self.pad_id, mask_alignment=self.mask_alignment)
 
-    def pair_logprobs(self, model, batch, *, reduction="mean", forward=None) -> PairLogps:
+    def pair_logprobs(self, model, batch, *, reduction="mean", forward=None, ld_alpha=None,
+                      statistics=()) -> PairLogps:
         chosen_mask, rejected_mask = self.masks(batch)
-        chosen, rejected = pair_sequence_logprobs(model, batch["preferred_seq"], batch["unpreferred_seq"],
-                                                  chosen_mask, rejected_mask, reduction,
-                                                  score_index=batch.get("score_index"),
-                                                  **ForwardOptions.of(forward).to_dict())
-        return PairLogps(chosen, rejected)
+        return padded_pair_logps(model, batch["preferred_seq"], batch["unpreferred_seq"], chosen_mask, rejected_mask,
+                                 reduction, score_index=batch.get("score_index"), ld_alpha=ld_alpha,
+                                 statistics=statistics, forward=forward)
 
     def batches(self, examples, *, batch_size, seed, max_len, pad_id, forward=None, process_index=0,
                 process_count=1, **_):

@@ -36,15 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpo_jax.forward import ForwardOptions
-from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_logprobs
+from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_statistics
 from dpo_jax.layouts.padded import PaddedBatches, sequence_masks
-from dpo_jax.logprobs import MASK_ALIGNMENTS, REDUCTIONS
+from dpo_jax.logprobs import MASK_ALIGNMENTS, REDUCTIONS, SequenceStats, check_ld_reduction, check_statistics
 from dpo_jax.models.base import check_layout
 from dpo_jax.models.precision import with_compute_dtype
 from dpo_jax.ops.attention import PROMPT_BRANCH, AttentionMask
 
 __all__ = ["PairSpec", "SharedBatch", "pair_specs_from_batch", "layout_pairs", "shared_batch_from_batch",
-           "branch_attention_mask", "shared_sequence_logprobs", "prefix_shared_pair_logprobs",
+           "branch_attention_mask", "shared_sequence_logprobs", "shared_pair_logps", "prefix_shared_pair_logprobs",
+           "prefix_shared_pair_logps",
            "shared_score_index", "PrefixSharedLayout", "SHARED_KEYS"]
 
 PROMPT, CHOSEN, REJECTED = PROMPT_BRANCH, 1, 2
@@ -268,16 +269,68 @@ def branch_attention_mask(segment_ids, branch_ids):
 def shared_sequence_logprobs(token_logps, owners, num_pairs: int, reduction: str = "mean"):
     """(chosen [K], rejected [K]) per-sequence log-probs: `segment_sum` of token log-probs [..., 2] (target and
     extra target of each position) by their owners [..., 2] into the 2K+1 buckets."""
+    logps = shared_pair_logps(token_logps, owners, num_pairs, reduction)
+    return logps.chosen, logps.rejected
+
+
+def _ranks_within_owner(owners, positions, buckets):
+    """0-based rank of every entry among its owner's entries in sequence order (position ids are unique per owner:
+    a position scores one token of a sequence): a sort by (owner, position), then the index minus the owner's
+    first index."""
+    order = jnp.lexsort((positions, owners))
+    index = jnp.arange(owners.shape[0])
+    sorted_owners = owners[order]
+    first = jax.ops.segment_min(index, sorted_owners, num_segments=buckets)
+    return jnp.zeros_like(index).at[order].set(index - first[sorted_owners])
+
+
+def shared_pair_logps(token_logps, owners, num_pairs: int, reduction: str = "mean", *, positions=None,
+                      ld_alpha=None, head_statistics=None, statistics=()) -> PairLogps:
+    """`shared_sequence_logprobs` as a `PairLogps` (no weights), LD-DPO-scaled with `ld_alpha` (which needs the
+    entries' `positions` [...], their sequence order), with `SequenceStats` when `statistics` are asked for
+    (`head_statistics`: the per-position [...] head statistics, shared by a position's two targets)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
-    values = jnp.concatenate([token_logps[..., 0].ravel(), token_logps[..., 1].ravel()])
-    owners = jnp.concatenate([owners[..., 0].ravel(), owners[..., 1].ravel()])
+    statistics = check_statistics(statistics)
+    check_ld_reduction(ld_alpha, reduction)
+
+    def flat(per_target=None, per_position=None):  # [..., 2] or [...] -> entries in the owners' order
+        if per_position is not None:
+            per_target = jnp.stack([per_position, per_position], axis=-1)
+        return jnp.concatenate([per_target[..., 0].ravel(), per_target[..., 1].ravel()])
+
+    values, entry_owners = flat(token_logps), flat(owners)
     buckets = 2 * num_pairs + 1
-    sums = jax.ops.segment_sum(values, owners, num_segments=buckets)[:-1]
-    if reduction == "mean":
-        counts = jax.ops.segment_sum(jnp.ones_like(values), owners, num_segments=buckets)[:-1]
-        sums = sums / jnp.maximum(counts, 1.0)
-    return sums[:num_pairs], sums[num_pairs:]
+
+    sums = jax.ops.segment_sum(values, entry_owners, num_segments=buckets)[:-1]
+    counts = None
+    if reduction == "mean" or ld_alpha is not None or statistics:
+        counts = jax.ops.segment_sum(jnp.ones_like(values), entry_owners, num_segments=buckets)[:-1]
+    if ld_alpha is not None:
+        rank = _ranks_within_owner(entry_owners, flat(per_position=positions), buckets)
+        shared_length = jnp.minimum(counts[:num_pairs], counts[num_pairs:])
+        shared = rank < jnp.concatenate([shared_length, shared_length, jnp.zeros((1,), counts.dtype)])[entry_owners]
+        shared_sums = jax.ops.segment_sum(jnp.where(shared, values, 0.0), entry_owners, num_segments=buckets)[:-1]
+        tail_sums = jax.ops.segment_sum(jnp.where(shared, 0.0, values), entry_owners, num_segments=buckets)[:-1]
+        logps = shared_sums + ld_alpha * tail_sums
+    elif reduction == "mean":
+        logps = sums / jnp.maximum(counts, 1.0)
+    else:
+        logps = sums
+    if not statistics:
+        return PairLogps(logps[:num_pairs], logps[num_pairs:])
+    head_statistics = head_statistics or {}
+    columns = {"tokens": counts, "logp_sum": sums}
+    if "sq_probs" in statistics:  # WPO's weights are detached
+        columns["wpo_sum"] = jax.lax.stop_gradient(
+            jax.ops.segment_sum(values - flat(per_position=head_statistics["sq_probs"]), entry_owners,
+                                num_segments=buckets)[:-1])
+    if "mean_logits" in statistics:
+        columns["logit_sum"] = jax.ops.segment_sum(flat(per_position=head_statistics["mean_logits"]), entry_owners,
+                                                   num_segments=buckets)[:-1]
+    chosen = SequenceStats(**{name: column[:num_pairs] for name, column in columns.items()})
+    rejected = SequenceStats(**{name: column[num_pairs:] for name, column in columns.items()})
+    return PairLogps(logps[:num_pairs], logps[num_pairs:], None, chosen, rejected)
 
 
 def _as_arrays(shared_batch):
@@ -295,14 +348,24 @@ def check_alignment(shared_batch, mask_alignment):
                          f"not {mask_alignment!r}; rebuild it (alignment is fixed when the targets are chosen)")
 
 
-def prefix_shared_pair_logprobs(model, shared_batch, *, reduction="mean", mask_alignment=None, **forward_options):
+def prefix_shared_pair_logprobs(model, shared_batch, *, reduction="mean", mask_alignment=None, ld_alpha=None,
+                                **forward_options):
     """(chosen [K], rejected [K]) per-sequence log-probs from one forward over a SharedBatch (or its dict).
 
     Equal to `layouts.padded.pair_sequence_logprobs` on the unshared batch (same reduction and alignment).
     Empty slots (pair_valid False) give 0. Called eagerly, rows longer than max_seq_len are refused by the
     model's own token check; under jit they are fine for rotary/alibi/T5 (positions stay < max_seq_len).
     """
-    options = ForwardOptions.of(forward_options)
+    logps = prefix_shared_pair_logps(model, shared_batch, reduction=reduction, mask_alignment=mask_alignment,
+                                     ld_alpha=ld_alpha, forward=forward_options)
+    return logps.chosen, logps.rejected
+
+
+def prefix_shared_pair_logps(model, shared_batch, *, reduction="mean", mask_alignment=None, ld_alpha=None,
+                             statistics=(), forward=None) -> PairLogps:
+    """`prefix_shared_pair_logprobs` as a `PairLogps` (weights: `pair_valid`), with `SequenceStats` when
+    `statistics` are asked for."""
+    options = ForwardOptions.of(forward)
     check_layout(model, "prefix_shared")
     check_alignment(shared_batch, mask_alignment)
     arrays = _as_arrays(shared_batch)
@@ -319,8 +382,11 @@ def prefix_shared_pair_logprobs(model, shared_batch, *, reduction="mean", mask_a
     if index is not None:
         index = jnp.asarray(index)
         owners = jnp.take_along_axis(owners, index[..., None], axis=1)
-    token_logps = scored_head_logprobs(model, hidden, targets, index, options)
-    return shared_sequence_logprobs(token_logps, owners, num_pairs, reduction)
+        positions = jnp.take_along_axis(positions, index, axis=1)
+    token_logps, head_statistics = scored_head_statistics(model, hidden, targets, index, options, statistics)
+    logps = shared_pair_logps(token_logps, owners, num_pairs, reduction, positions=positions, ld_alpha=ld_alpha,
+                              head_statistics=head_statistics, statistics=statistics)
+    return logps._replace(weights=jnp.asarray(arrays["pair_valid"]))
 
 
 SHARED_KEYS = SharedBatch.ARRAY_KEYS + ("score_index",)
@@ -342,11 +408,10 @@ class PrefixSharedLayout:
         if model is not None:
             check_layout(model, self.name)
 
-    def pair_logprobs(self, model, batch, *, reduction="mean", forward=None) -> PairLogps:
-        chosen, rejected = prefix_shared_pair_logprobs(model, batch, reduction=reduction,
-                                                       mask_alignment=self.mask_alignment,
-                                                       **ForwardOptions.of(forward).to_dict())
-        return PairLogps(chosen, rejected, jnp.asarray(_as_arrays(batch)["pair_valid"]))
+    def pair_logprobs(self, model, batch, *, reduction="mean", forward=None, ld_alpha=None,
+                      statistics=()) -> PairLogps:
+        return prefix_shared_pair_logps(model, batch, reduction=reduction, mask_alignment=self.mask_alignment,
+                                        ld_alpha=ld_alpha, statistics=statistics, forward=forward)
 
     def batches(self, examples, *, batch_size, seed, max_len, pad_id, forward=None, row_len=None, **_):
         return SharedBatches(examples, batch_size=batch_size, seed=seed, max_len=max_len, pad_id=pad_id,

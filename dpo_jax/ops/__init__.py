@@ -4,10 +4,12 @@ The lowest layer of `dpo_jax`: models call these, never the reverse, and nothing
 """
 
 from dpo_jax.ops.attention import ATTENTION_BACKENDS, AttentionMask, attend
-from dpo_jax.ops.logprob_head import (DEFAULT_CHUNK_SIZE, LOGPROB_HEADS, OutputHead, chunked_token_logprobs,
-                                      head_logits, head_token_logprobs, token_logprobs)
+from dpo_jax.ops.logprob_head import (DEFAULT_CHUNK_SIZE, HEAD_STATISTICS, LOGPROB_HEADS, OutputHead,
+                                      chunked_token_logprobs, head_logits, head_token_logprobs,
+                                      head_token_statistics, logit_statistics, token_logprobs)
 from dpo_jax.ops.remat import REMAT_POLICIES, rematerialized, validate_remat
 
-__all__ = ["ATTENTION_BACKENDS", "AttentionMask", "attend", "DEFAULT_CHUNK_SIZE", "LOGPROB_HEADS", "OutputHead",
-           "chunked_token_logprobs", "head_logits", "head_token_logprobs", "token_logprobs", "REMAT_POLICIES",
+__all__ = ["ATTENTION_BACKENDS", "AttentionMask", "attend", "DEFAULT_CHUNK_SIZE", "HEAD_STATISTICS", "LOGPROB_HEADS",
+           "OutputHead", "chunked_token_logprobs", "head_logits", "head_token_logprobs", "head_token_statistics",
+           "logit_statistics", "token_logprobs", "REMAT_POLICIES",
            "rematerialized", "validate_remat"]

@@ -14,6 +14,13 @@ softcapping), and `head_token_logprobs` turns hidden states into target log-prob
 
 Targets may carry several ids per position (`targets [..., k]` when `targets.ndim == hidden.ndim`): prefix
 sharing scores the prompt's last position twice (chosen's and rejected's first token) from one logit row.
+
+`head_token_statistics` is the same computation with per-position statistics of the logits beside the log-probs,
+each computed only when asked for (a static tuple of `HEAD_STATISTICS` names), in float32 and without gradient:
+- "sq_probs": log sum_v p_v^2 = logsumexp(2 z) - 2 logsumexp(z) (WPO's per-token weight denominator);
+- "mean_logits": the mean of the logits over the vocabulary (TRL's `logits/chosen`, `logits/rejected`).
+The chunked head computes them inside its scan, from the chunk's logits it builds anyway; the default path
+(no statistics) is unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import numpy as np
 
 DEFAULT_CHUNK_SIZE = 1024
 LOGPROB_HEADS = ("full", "chunked")
+HEAD_STATISTICS = ("sq_probs", "mean_logits")
 
 
 class OutputHead(NamedTuple):
@@ -67,6 +75,63 @@ def head_token_logprobs(hidden, head: OutputHead, targets, *, method="full", chu
     return token_logprobs(logits, targets)
 
 
+def check_head_statistics(statistics):
+    """The statistics as a tuple of known names (a static jit argument)."""
+    statistics = tuple(statistics)
+    unknown = [name for name in statistics if name not in HEAD_STATISTICS]
+    if unknown:
+        raise ValueError(f"unknown head statistic(s) {unknown}; expected some of {', '.join(HEAD_STATISTICS)}")
+    return statistics
+
+
+def _statistic(name, logits, lse):
+    """One per-position statistic of float32 logits [..., V] whose logsumexp is `lse` [...]."""
+    if name == "sq_probs":
+        return jax.nn.logsumexp(2.0 * logits, axis=-1) - 2.0 * lse
+    return logits.mean(axis=-1)
+
+
+def logit_statistics(logits, statistics=()):
+    """{name: [...] float32} per-position statistics of `logits` [..., V] (no gradient flows through them)."""
+    logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
+    statistics = check_head_statistics(statistics)
+    if not statistics:
+        return {}
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return {name: _statistic(name, logits, lse) for name in statistics}
+
+
+def head_token_statistics(hidden, head: OutputHead, targets, *, statistics=(), method="full",
+                          chunk_size=DEFAULT_CHUNK_SIZE):
+    """(log-probs as `head_token_logprobs`, {name: [positions]} `logit_statistics` of the same logits).
+
+    With the chunked head the statistics come out of the same scan as the log-probs; they carry no gradient.
+    """
+    statistics = check_head_statistics(statistics)
+    if not statistics:
+        return head_token_logprobs(hidden, head, targets, method=method, chunk_size=chunk_size), {}
+    if method == "chunked":
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        lead = targets.shape
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+        flat_targets = targets.reshape(flat_hidden.shape[0], -1).astype(jnp.int32)
+        logps, values = _chunked_logps_and_statistics(
+            flat_hidden, head.weight, flat_targets, float(head.scale),
+            None if head.softcap is None else float(head.softcap), int(chunk_size), statistics)
+        positions = hidden.shape[:-1]
+        return logps.reshape(lead), {name: jax.lax.stop_gradient(value).reshape(positions)
+                                     for name, value in zip(statistics, values)}
+    if method != "full":
+        raise ValueError(f"unknown logprob head {method!r}; expected one of {', '.join(LOGPROB_HEADS)}")
+    logits = head_logits(hidden, head)
+    if targets.ndim == hidden.ndim:
+        logps = jnp.stack([token_logprobs(logits, targets[..., i]) for i in range(targets.shape[-1])], axis=-1)
+    else:
+        logps = token_logprobs(logits, targets)
+    return logps, logit_statistics(logits, statistics)
+
+
 def chunked_token_logprobs(hidden, weight, targets, *, scale=1.0, softcap=None, chunk_size=DEFAULT_CHUNK_SIZE):
     """log softmax(softcap((hidden @ weight) * scale))[target] as float32, shape `targets.shape`.
 
@@ -99,8 +164,9 @@ def _chunk_raw_logits(h, weight, scale):
     return logits * scale if scale != 1.0 else logits
 
 
-def _forward(hidden, weight, targets, scale, softcap, chunk_size):
-    """(token log-probs [M, k], logsumexp [M]); the scan keeps only one chunk's logits alive."""
+def _forward(hidden, weight, targets, scale, softcap, chunk_size, statistics=()):
+    """(token log-probs [M, k], logsumexp [M], statistics: one [M] per name); the scan keeps only one chunk's
+    logits alive."""
     num = hidden.shape[0]
 
     def body(_, chunk):
@@ -108,11 +174,13 @@ def _forward(hidden, weight, targets, scale, softcap, chunk_size):
         logits = _softcap(_chunk_raw_logits(h, weight, scale), softcap)
         lse = jax.nn.logsumexp(logits, axis=-1)
         target_logit = jnp.take_along_axis(logits, t, axis=-1)
-        return None, (target_logit - lse[:, None], lse)
+        values = tuple(_statistic(name, logits, lse) for name in statistics)
+        return None, (target_logit - lse[:, None], lse, values)
 
-    _, (logps, lse) = jax.lax.scan(body, None, (_pad_to_chunks(hidden, chunk_size),
-                                                _pad_to_chunks(targets, chunk_size)))
-    return logps.reshape(-1, targets.shape[1])[:num], lse.reshape(-1)[:num]
+    _, (logps, lse, values) = jax.lax.scan(body, None, (_pad_to_chunks(hidden, chunk_size),
+                                                        _pad_to_chunks(targets, chunk_size)))
+    values = tuple(value.reshape(-1)[:num] for value in values)
+    return logps.reshape(-1, targets.shape[1])[:num], lse.reshape(-1)[:num], values
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
@@ -121,7 +189,7 @@ def _chunked_logps(hidden, weight, targets, scale, softcap, chunk_size):
 
 
 def _chunked_logps_fwd(hidden, weight, targets, scale, softcap, chunk_size):
-    logps, lse = _forward(hidden, weight, targets, scale, softcap, chunk_size)
+    logps, lse, _ = _forward(hidden, weight, targets, scale, softcap, chunk_size)
     return logps, (hidden, weight, targets, lse)
 
 
@@ -156,3 +224,22 @@ def _chunked_logps_bwd(scale, softcap, chunk_size, residuals, grad_logps):
 
 
 _chunked_logps.defvjp(_chunked_logps_fwd, _chunked_logps_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _chunked_logps_and_statistics(hidden, weight, targets, scale, softcap, chunk_size, statistics):
+    logps, _, values = _forward(hidden, weight, targets, scale, softcap, chunk_size, statistics)
+    return logps, values
+
+
+def _chunked_statistics_fwd(hidden, weight, targets, scale, softcap, chunk_size, statistics):
+    logps, lse, values = _forward(hidden, weight, targets, scale, softcap, chunk_size, statistics)
+    return (logps, values), (hidden, weight, targets, lse)
+
+
+def _chunked_statistics_bwd(scale, softcap, chunk_size, statistics, residuals, cotangents):
+    """The log-probs' backward pass; the statistics are stop_gradient-ed by their caller (zero cotangent)."""
+    return _chunked_logps_bwd(scale, softcap, chunk_size, residuals, cotangents[0])
+
+
+_chunked_logps_and_statistics.defvjp(_chunked_statistics_fwd, _chunked_statistics_bwd)

@@ -12,7 +12,7 @@ from typing import Any
 
 from dpo_jax.dpo import validate_options
 from dpo_jax.forward import ForwardOptions
-from dpo_jax.losses import REFERENCE_FREE_LOSSES
+from dpo_jax.losses import needs_reference
 from dpo_jax.train.optim import OPTIMIZERS, SCHEDULES
 
 __all__ = ["TrainConfig"]
@@ -22,9 +22,9 @@ __all__ = ["TrainConfig"]
 class TrainConfig:
     """The optimisation of a run. `bf16=True` is shorthand for `forward.compute_dtype="bfloat16"`."""
 
-    # loss (same names and defaults as dpo_torch.DPO)
+    # loss (same names and defaults as dpo_torch.DPO); loss_type may be a tuple of terms with loss_weights
     beta: float = 0.1
-    loss_type: str = "sigmoid"
+    loss_type: str | tuple[str, ...] = "sigmoid"
     reduction: str = "mean"
     mask_alignment: str = "next_token"
     label_smoothing: float = 0.0
@@ -32,6 +32,10 @@ class TrainConfig:
     alpha: float = 0.5
     gamma: float = 0.5
     pad_id: int | None = None
+    loss_weights: tuple[float, ...] | None = None
+    ld_alpha: float | None = None       # LD-DPO (reduction "sum")
+    use_weighting: bool = False         # WPO
+    logits_metrics: bool = False        # also log logits/chosen, logits/rejected
     # optimizer and schedule; None picks the optimizer's default (adamw 1e-4 / 0, rmsprop 1e-6 / 150)
     optimizer: str = "adamw"
     learning_rate: float | None = None
@@ -55,6 +59,9 @@ class TrainConfig:
     bf16: dataclasses.InitVar[bool] = False
 
     def __post_init__(self, bf16=False):
+        for name in ("loss_type", "loss_weights"):  # a list (e.g. from run_config.json) -> a hashable tuple
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         forward = ForwardOptions.of(self.forward)
         if bf16:
             forward = forward.replace(compute_dtype="bfloat16")
@@ -63,7 +70,7 @@ class TrainConfig:
 
     @property
     def reference_free(self) -> bool:
-        return self.loss_type in REFERENCE_FREE_LOSSES
+        return not needs_reference(self.loss_type)
 
     @property
     def compute_dtype(self) -> str | None:
@@ -73,7 +80,9 @@ class TrainConfig:
         validate_options(beta=self.beta, loss_type=self.loss_type, reduction=self.reduction,
                          mask_alignment=self.mask_alignment, label_smoothing=self.label_smoothing,
                          divergence=self.divergence, alpha=self.alpha, gamma=self.gamma,
-                         has_reference=not self.reference_free)
+                         has_reference=not self.reference_free, loss_weights=self.loss_weights,
+                         ld_alpha=self.ld_alpha, use_weighting=self.use_weighting,
+                         logits_metrics=self.logits_metrics)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -99,7 +108,8 @@ class TrainConfig:
         """The keyword arguments of `dpo.batch_loss` / `dpo_loss` this config sets."""
         return dict(beta=self.beta, pad_id=self.pad_id, loss_type=self.loss_type, reduction=self.reduction,
                     mask_alignment=self.mask_alignment, label_smoothing=self.label_smoothing,
-                    divergence=self.divergence, alpha=self.alpha, gamma=self.gamma)
+                    divergence=self.divergence, alpha=self.alpha, gamma=self.gamma, loss_weights=self.loss_weights,
+                    ld_alpha=self.ld_alpha, use_weighting=self.use_weighting, logits_metrics=self.logits_metrics)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,7 +5,9 @@ and in the padded layout a batch row is a pair, so the last, partly filled batch
 jitted function runs `train.step.make_loss_fn` on each pair alone (vmap over batches of one), then sums each
 metric over the real pairs: the result is the mean over the whole eval set, not a mean of batch means, and repeats
 that fill the last batch weigh 0. The reference is the run's: the frozen model, or its precomputed log-probs
-(the run's ReferenceCache covers eval batches too).
+(the run's ReferenceCache covers eval batches too). For batch-level losses (aot's sort across pairs, sft's and
+orpo's token mean over the batch) this makes eval/loss the mean of each pair's loss alone: independent of the eval
+batch size, by design, and not a training batch's loss.
 """
 
 from __future__ import annotations

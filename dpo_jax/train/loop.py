@@ -38,6 +38,12 @@ from dpo_jax.train.step import make_train_step
 LOGGED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                   "logps/chosen", "logps/rejected", "grad_norm", "lr")
 LOGGED_EVAL_METRICS = tuple(EVAL_PREFIX + name for name in EVAL_METRICS)
+# logged too when the loss reports them: loss/<type> per term of a combination, nll_loss, logits/*
+OPTIONAL_METRICS = ("loss/", "nll_loss", "logits/")
+
+
+def _optional_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith(OPTIONAL_METRICS)}
 
 
 class NonFiniteError(RuntimeError):
@@ -290,9 +296,10 @@ def run(config: RunConfig) -> dict:
             "model_config": json.loads(task.policy.config.to_json()), "run_config": config.to_dict()}
     if resuming:
         state, saved = checkpointer.restore(state, shardings=sharding.state_shardings(state, mesh))
-        meta.update({k: v for k, v in saved.items() if k.startswith("preferred_rate")})
+        meta.update({k: v for k, v in saved.items() if k.startswith(("preferred_rate", "valid_rate"))})
     elif task.demo is not None:
-        meta["preferred_rate_before"] = float(task.demo.preferred_rate(task.reference, seed=config.seed))
+        before = task.demo.rates(task.reference, seed=config.seed)
+        meta.update(preferred_rate_before=before["preferred_rate"], valid_rate_before=before["valid_rate"])
     start = int(state.step)
     log = MetricsLog(run_dir, resume_step=start, write=primary)
 
@@ -332,8 +339,8 @@ def run(config: RunConfig) -> dict:
             tokens_per_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
             eval_metrics = _evaluate_if_due(evaluator, config, done, num_steps, state, cache)
             if done % config.log_every == 0 or done == num_steps or eval_metrics:
-                log.append(done, {**{k: metrics[k] for k in LOGGED_METRICS}, "tokens_per_s": tokens_per_s,
-                                  **eval_metrics})
+                log.append(done, {**{k: metrics[k] for k in LOGGED_METRICS}, **_optional_metrics(metrics),
+                                  "tokens_per_s": tokens_per_s, **eval_metrics})
             progress.update({"step": done, "loss": f"{metrics['loss']:.4f}",
                              "acc": f"{metrics['rewards/accuracies']:.2f}", "tok/s": f"{tokens_per_s:.0f}"})
             if done % config.checkpoint_every == 0 or done == num_steps:
@@ -360,8 +367,10 @@ def run(config: RunConfig) -> dict:
     if lora_info is not None:
         summary["lora"] = lora_info
     if task.demo is not None:
-        summary["preferred_rate_before"] = meta.get("preferred_rate_before")
-        summary["preferred_rate_after"] = float(task.demo.preferred_rate(policy, seed=config.seed))
+        after = task.demo.rates(policy, seed=config.seed)
+        summary.update(preferred_rate_before=meta.get("preferred_rate_before"),
+                       preferred_rate_after=after["preferred_rate"],
+                       valid_rate_before=meta.get("valid_rate_before"), valid_rate_after=after["valid_rate"])
     if primary:
         write_json(os.path.join(run_dir, SUMMARY_FILE), summary)
     checkpointer.close()
