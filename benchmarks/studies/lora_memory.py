@@ -114,7 +114,8 @@ def check() -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.lora_memory", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.lora_memory",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="also measure the cpu-small train states")
     parser.add_argument("--out", help="FILE.json")
     args = parser.parse_args(argv)

@@ -3,8 +3,9 @@
 Parts: environment, parity, the presets gpu-125m, head-128k and gpu-350m with every contender that applies,
 and the sequence-length sweep. The contenders run in three passes (tiers) over every part: first the library's
 default path against x-transformers (and the two chunked heads), then the other baselines (dpo_torch, Liger,
-the einsum attention), then the variants (torch.compile, prefix sharing, packing, jax.nn, LoRA in both faces). A run cut short by
-its time budget still compares the main pair in every part, instead of measuring one part completely.
+the einsum attention), then the variants (torch.compile, prefix sharing, packing, jax.nn, LoRA in both faces).
+A run cut short by its time budget still compares the main pair in every part, instead of measuring one part
+completely.
 `--dry-run` swaps every shape for a tiny one (and torch.compile's inductor for aot_eager) so the whole plan runs
 on a CPU in CI; it runs the third tier of the model presets once (at gpu-125m), since gpu-350m's differ only in
 depth.
