@@ -16,6 +16,7 @@ clear_refs; torch CUDA: reset_peak_memory_stats), so `peak_mem_bytes` is the ste
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -115,6 +116,8 @@ def measure(name: str, config) -> dict:
     if factory.framework == "jax":
         from dpo_jax.ops.attention import reset_attention_report
         reset_attention_report()  # count this contender's attention calls only (the dry run shares a process)
+    for module in factory.preload:  # imported before the baseline: code is not the contender's memory
+        importlib.import_module(module)
     batch = make_batch(config)
     setup = make_setup(config, factory.framework)
     probe = MemoryProbe(factory.framework)
@@ -127,6 +130,7 @@ def measure(name: str, config) -> dict:
     step = factory(setup, batch, config)
     first_loss = step()
     result["compile_s"] = time.perf_counter() - start
+    result.update(getattr(step, "info", {}))  # what a contender reports of itself (e.g. LoRA's trainable_params)
     result["compile_peak_mem_bytes"] = probe.peak() - baseline
     result["peak_reset_after_compile"] = probe.reset_peak()
 

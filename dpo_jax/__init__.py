@@ -4,7 +4,8 @@ The layers, lowest first (each imports only its own and those below; docs/archit
 log-prob head, remat) and `sharding` -> `models` (the contract, the x-transformers port, the Hugging Face
 families and `from_pretrained` / `save_pretrained`) -> `logprobs`, `losses`,
 `validation`, `forward`, `data` -> `layouts` (padded, prefix-shared, packed) -> `dpo` (dpo_loss, batch_loss) ->
-`train` and `demo` -> `cli`.
+`train` and `demo` -> `cli`. LoRA adapters (`models.lora`): `LoraConfig`, `apply_lora`, `merge_lora`,
+`save_adapter` / `load_adapter` (PEFT's directory format); `init_train_state` trains a LoRA policy's adapters only.
 """
 
 from dpo_jax.data import PreferenceExample, collate_pairs, read_preference_data, read_preference_jsonl
@@ -15,6 +16,7 @@ from dpo_jax.logprobs import scored_mask, sequence_logprobs, token_logprobs
 from dpo_jax.losses import DIVERGENCES, LOSS_TYPES, LOSSES, pair_losses, preference_loss
 from dpo_jax.models import (CausalLM, HiddenStatesLM, OutputHead, from_pretrained, from_transformers, save_pretrained,
                             with_compute_dtype)
+from dpo_jax.models.lora import LoraConfig, apply_lora, load_adapter, merge_lora, save_adapter
 from dpo_jax.models.x_transformers import (Transformer, TransformerConfig, build_torch_model, config_from_torch,
                                            from_torch, load_safetensors, model_from_state_dict, save_safetensors,
                                            state_dict_from_model, to_torch)
@@ -31,6 +33,8 @@ __all__ = [
     "from_pretrained", "save_pretrained", "from_transformers",
     "Transformer", "TransformerConfig", "from_torch", "to_torch", "config_from_torch", "build_torch_model",
     "state_dict_from_model", "model_from_state_dict", "save_safetensors", "load_safetensors",
+    # LoRA adapters (PEFT's directory format both ways)
+    "LoraConfig", "apply_lora", "merge_lora", "save_adapter", "load_adapter",
     # ops a kernel may replace
     "AttentionMask", "attend",
     # batch layouts and data

@@ -14,6 +14,7 @@ import sys
 from dpo_jax.forward import LOGPROB_HEAD_CHOICES, SCORE_POSITIONS, ForwardOptions
 from dpo_jax.layouts import LAYOUTS
 from dpo_jax.losses import DIVERGENCES, LOSS_TYPES
+from dpo_jax.models.lora.config import INITS as LORA_INITS
 from dpo_jax.ops.attention import ATTENTION_BACKENDS
 from dpo_jax.ops.remat import REMAT_POLICIES
 from dpo_jax.train.optim import OPTIMIZERS, SCHEDULES
@@ -81,6 +82,64 @@ def add_data_arguments(group, *, train: bool = True) -> None:
     group.add_argument("--eval-every", type=_positive_int, metavar="N",
                        help="evaluate every N steps (default: only after the last step, which always evaluates)")
     group.add_argument("--eval-batch-size", type=_positive_int, metavar="N", help="default: --batch-size")
+
+
+def add_lora_arguments(group) -> None:
+    """--lora-r and the other adapter options (docs/lora.md), --init-adapter, and the refused QLoRA flags."""
+    group.add_argument("--lora-r", type=_positive_int, metavar="R", help="train rank-R LoRA adapters instead of every "
+                       "weight; the reference is the adapter-off base (no copy); the run writes adapter/ (PEFT format)")
+    group.add_argument("--lora-alpha", type=_positive_float, metavar="A", help="adapter scale alpha / r (default 2 r)")
+    group.add_argument("--lora-targets", metavar="SPEC", help="all-linear (default: every linear layer but the head), "
+                       "comma-separated layer names (q_proj,v_proj) or a regular expression on the full names")
+    group.add_argument("--lora-exclude", metavar="SPEC", help="layers to leave out, same forms (default lm_head)")
+    group.add_argument("--lora-dropout", type=float, metavar="P", help="dropout on the adapters' input (default 0)")
+    group.add_argument("--use-rslora", action="store_true", help="scale alpha / sqrt(r) (rank-stabilised LoRA)")
+    group.add_argument("--lora-init", choices=LORA_INITS, help="which factor starts at zero (default zero_b, PEFT's)")
+    group.add_argument("--init-adapter", metavar="DIR", help="continue the LoRA adapters of a PEFT directory; a frozen "
+                       "copy of them is the reference (the adapter-off base would be the wrong one)")
+    for flag in ("--load-in-4bit", "--load-in-8bit"):
+        group.add_argument(flag, action="store_true", help="refused: QLoRA (a quantised base) is not implemented")
+
+
+def _lora_spec(text: str):
+    """--lora-targets / --lora-exclude: all-linear, comma-separated names, or one regular expression."""
+    text = text.strip()
+    if text == "all-linear" or any(char in text for char in "*+?[](){}|^$\\"):
+        return text
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def lora_config_from_args(args, parser):
+    """The run's LoraConfig (None without --lora-r); the LoRA options' conflicts end in parser.error."""
+    from dpo_jax.models.lora import QLORA_REFUSAL, LoraConfig
+
+    if args.load_in_4bit or args.load_in_8bit:
+        parser.error(f"--load-in-4bit / --load-in-8bit: {QLORA_REFUSAL}")
+    options = {"--lora-alpha": args.lora_alpha, "--lora-targets": args.lora_targets,
+               "--lora-exclude": args.lora_exclude, "--lora-dropout": args.lora_dropout,
+               "--use-rslora": args.use_rslora or None, "--lora-init": args.lora_init}
+    given = [flag for flag, value in options.items() if value is not None]
+    if args.init_adapter is not None and (args.lora_r is not None or given):
+        parser.error(f"--init-adapter brings its own rank, alpha and targets (adapter_config.json); drop "
+                     f"{', '.join((['--lora-r'] if args.lora_r is not None else []) + given)}")
+    if args.lora_r is None:
+        if given:
+            parser.error(f"{', '.join(given)} need --lora-r R")
+        return None
+    fields = dict(r=args.lora_r, alpha=args.lora_alpha if args.lora_alpha is not None else 2.0 * args.lora_r,
+                  use_rslora=args.use_rslora)
+    if args.lora_targets is not None:
+        fields["target_modules"] = _lora_spec(args.lora_targets)
+    if args.lora_exclude is not None:
+        fields["exclude"] = _lora_spec(args.lora_exclude)
+    if args.lora_dropout is not None:
+        fields["dropout"] = args.lora_dropout
+    if args.lora_init is not None:
+        fields["init"] = args.lora_init
+    try:
+        return LoraConfig(**fields)
+    except (TypeError, ValueError) as err:
+        parser.error(f"LoRA: {err}")
 
 
 def add_inspect_command(commands) -> None:
@@ -173,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--heads", type=_positive_int, default=4)
     model.add_argument("--max-seq-len", type=_positive_int, default=128)
     model.add_argument("--init-from", metavar="FILE.safetensors", help="start from a converted checkpoint")
+    add_lora_arguments(train.add_argument_group("LoRA adapters (docs/lora.md)"))
     add_inspect_command(commands)
     return parser
 
@@ -236,7 +296,9 @@ def run_config_from_args(args, parser):
     if args.batch_size % args.grad_accum:
         parser.error(f"--batch-size {args.batch_size} must be divisible by --grad-accum {args.grad_accum}")
     check_eval_arguments(args, parser)
-    return RunConfig(out_dir=args.out, data=args.data, tokenizer=args.tokenizer, steps=args.steps,
+    lora = lora_config_from_args(args, parser)
+    return RunConfig(lora=lora, init_adapter=args.init_adapter,
+                     out_dir=args.out, data=args.data, tokenizer=args.tokenizer, steps=args.steps,
                      batch_size=args.batch_size, seed=args.seed, log_every=args.log_every,
                      checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, dim=args.dim,
                      depth=args.depth, heads=args.heads, max_seq_len=args.max_seq_len, init_from=args.init_from,

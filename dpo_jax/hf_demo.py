@@ -12,8 +12,12 @@ the x-transformers one, and the model handed over as a Hugging Face directory:
 3. `evaluate --out DIR`: the share of sampled completions (T=1, held-out prompts) that are the ascending sort,
    for the SFT model and for the DPO policy, both read back with `from_pretrained`.
 
-`python -m dpo_jax.hf_demo [--out DIR] [--quick]` runs the three steps (the CLI in this process) and prints the
-before / after table; `DIR/summary.json` keeps it.
+`python -m dpo_jax.hf_demo [--out DIR] [--quick] [--lora-r R]` runs the three steps (the CLI in this process) and
+prints the before / after table; `DIR/summary.json` keeps it. With `--lora-r R`, step 2 trains rank-R LoRA
+adapters on every linear layer but the head (alpha 2R, the learning rate `LORA_LEARNING_RATE`: adapters start at
+zero and need a larger step than full weights), the reference being the adapter-off SFT model, and writes the PEFT
+directory `DIR/run/adapter`; step 3 reads it back onto the SFT model with `load_adapter` (what
+`peft.PeftModel.from_pretrained(sft_model, DIR/run/adapter)` loads in torch).
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ from dpo_jax.demo import (DEMO_RECIPE, EOS_ID, FULL_SETTINGS, PAD_ID, QUICK_SETT
                           sampled_rates, sft_batches, split_prompts, train_reference)
 from dpo_jax.models.hf.checkpoint import write_config
 from dpo_jax.models.llama import LlamaConfig, LlamaForCausalLM
+from dpo_jax.models.lora import load_adapter
 from dpo_jax.models.pretrained import from_pretrained, save_pretrained
+from dpo_jax.train.outputs import ADAPTER_DIR, HF_POLICY_DIR
 
 __all__ = ["prepare", "evaluate", "main", "llama_config"]
 
 UNK_ID = VOCAB_SIZE  # the tokenizer's one extra token: any character outside the task
 SFT_DIR, PAIRS_FILE, RUN_DIR, SUMMARY_FILE = "sft_model", "pairs.jsonl", "run", "summary.json"
+LORA_LEARNING_RATE = 3e-4  # the DPO recipe's 1e-4 is for full weights; adapters starting at zero move slower
 
 
 def llama_config(settings: DemoSettings) -> LlamaConfig:
@@ -93,15 +100,26 @@ def prepare(out: str, *, quick: bool = False, seed: int = 0) -> dict:
     return {"sft_seconds": sft_seconds, "sft_final_loss": loss, "pairs": len(train_prompts)}
 
 
-def train_command(out: str, *, quick: bool = False) -> list[str]:
-    """Step 2: the `dpo-jax train` arguments (the demo's DPO recipe: sigmoid, summed log-probs, beta 1)."""
+def train_command(out: str, *, quick: bool = False, lora_r: int | None = None) -> list[str]:
+    """Step 2: the `dpo-jax train` arguments (the demo's DPO recipe: sigmoid, summed log-probs, beta 1), with
+    rank-`lora_r` adapters (alpha 2 r, `LORA_LEARNING_RATE`) when given."""
     settings = QUICK_SETTINGS if quick else FULL_SETTINGS
     steps = DEMO_RECIPE["quick_steps"] if quick else DEMO_RECIPE["steps"]
+    learning_rate = DEMO_RECIPE["learning_rate"] if lora_r is None else LORA_LEARNING_RATE
+    lora = [] if lora_r is None else ["--lora-r", str(lora_r), "--lora-alpha", str(2 * lora_r)]
     return ["train", "--model", os.path.join(out, SFT_DIR), "--data", os.path.join(out, PAIRS_FILE),
             "--out", os.path.join(out, RUN_DIR), "--steps", str(steps), "--batch-size", str(DEMO_RECIPE["batch_size"]),
             "--beta", str(DEMO_RECIPE["beta"]), "--reduction", DEMO_RECIPE["reduction"],
-            "--lr", str(DEMO_RECIPE["learning_rate"]), "--max-seq-len", str(2 * settings.num_digits + 2),
+            "--lr", str(learning_rate), *lora, "--max-seq-len", str(2 * settings.num_digits + 2),
             "--log-every", "25", "--no-progress"]
+
+
+def trained_policy(out: str):
+    """The run's policy read back: `run/hf_policy`, or the SFT model with the adapters of `run/adapter`."""
+    adapter_dir = os.path.join(out, RUN_DIR, ADAPTER_DIR)
+    if os.path.isdir(adapter_dir):
+        return load_adapter(from_pretrained(os.path.join(out, SFT_DIR), dtype=jnp.float32), adapter_dir)
+    return from_pretrained(os.path.join(out, RUN_DIR, HF_POLICY_DIR), dtype=jnp.float32)
 
 
 def evaluate(out: str, *, quick: bool = False, seed: int = 0) -> dict:
@@ -109,8 +127,8 @@ def evaluate(out: str, *, quick: bool = False, seed: int = 0) -> dict:
     settings = QUICK_SETTINGS if quick else FULL_SETTINGS
     _, eval_prompts = split_prompts(np.random.default_rng(seed), settings)
     result = {}
-    for name, directory in (("before", os.path.join(out, SFT_DIR)), ("after", os.path.join(out, RUN_DIR, "hf_policy"))):
-        model = from_pretrained(directory, dtype=jnp.float32)
+    for name, model in (("before", from_pretrained(os.path.join(out, SFT_DIR), dtype=jnp.float32)),
+                        ("after", trained_policy(out))):
         rates = sampled_rates(model, eval_prompts, num_digits=settings.num_digits, seed=seed)
         result.update({f"{key}_{name}": value for key, value in rates.items()})
     return result
@@ -121,15 +139,18 @@ def main(argv=None) -> int:
     parser.add_argument("step", nargs="?", choices=("all", "prepare", "evaluate"), default="all")
     parser.add_argument("--out", default="hf_demo", help="working directory (default: hf_demo)")
     parser.add_argument("--quick", action="store_true", help="4-digit prompts, shorter SFT and DPO (CI)")
+    parser.add_argument("--lora-r", type=int, metavar="R", help="DPO trains rank-R LoRA adapters (writes run/adapter)")
     args = parser.parse_args(argv)
+    if args.lora_r is not None and args.lora_r < 1:
+        parser.error(f"--lora-r must be a positive int, got {args.lora_r}")
     os.makedirs(args.out, exist_ok=True)
     summary = {}
     if args.step in ("all", "prepare"):
         summary.update(prepare(args.out, quick=args.quick))
-        print("dpo-jax " + " ".join(train_command(args.out, quick=args.quick)))
+        print("dpo-jax " + " ".join(train_command(args.out, quick=args.quick, lora_r=args.lora_r)))
     if args.step == "all":
         began = time.perf_counter()
-        status = cli.main(train_command(args.out, quick=args.quick))
+        status = cli.main(train_command(args.out, quick=args.quick, lora_r=args.lora_r))
         if status:
             return status
         summary["dpo_seconds"] = time.perf_counter() - began

@@ -11,6 +11,7 @@ import torch
 from torch.nn import Module
 
 from dpo_torch.helpers import exists, freeze_all_layers_, masked_mean, maybe_and_mask
+from dpo_torch.lora import check_adapters_start_at_zero, is_peft_model, reference_forward, trainable_parameters
 from dpo_torch.logprobs import (
     MASK_ALIGNMENTS, REDUCTIONS, check_ld_reduction, ld_sequence_logprobs, log_prob_and_statistics_from_model_and_seq,
     log_prob_from_model_and_seq, scored_mask, sequence_logprobs, sequence_statistics,
@@ -35,11 +36,16 @@ class DPO(Module):
     `loss_type` may be a list with `loss_weights` (their weighted sum, e.g. RPO = ["sigmoid", "sft"]);
     `ld_alpha` is LD-DPO (reduction "sum"), `use_weighting` WPO, and `logits_metrics` adds TRL's
     `logits/chosen` and `logits/rejected` to the metrics.
+
+    A `peft.PeftModel` (LoRA) is not copied: the reference is the same model with its adapters off, or, with
+    `ref_adapter_name`, with that frozen adapter active instead of the trained one (continuing an adapter);
+    `ref_model` is None and `parameters()` yields the trainable adapter parameters only. The trained adapter must
+    start with one zero factor when the adapter-off model is the reference (`lora.check_adapters_start_at_zero`).
     """
 
     def __init__(self, model, *, beta=0.1, pad_id=None, loss_type="sigmoid", reduction="mean",
                  mask_alignment="next_token", label_smoothing=0.0, divergence="reverse_kl", alpha=0.5, gamma=0.5,
-                 loss_weights=None, ld_alpha=None, use_weighting=False, logits_metrics=False):
+                 loss_weights=None, ld_alpha=None, use_weighting=False, logits_metrics=False, ref_adapter_name=None):
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
@@ -56,9 +62,17 @@ class DPO(Module):
 
         self.policy_model = model
         self.ref_model = None
+        self.is_peft = is_peft_model(model)
+        self.ref_adapter_name = ref_adapter_name
+        if ref_adapter_name is not None:
+            _check_reference_adapter(model, ref_adapter_name)
         if needs_reference(loss_type):
-            self.ref_model = freeze_all_layers_(deepcopy(model))
-            self.ref_model.eval()
+            if self.is_peft:  # the reference is the policy's own base: adapters off, or a frozen adapter on it
+                if ref_adapter_name is None:
+                    check_adapters_start_at_zero(model)
+            else:
+                self.ref_model = freeze_all_layers_(deepcopy(model))
+                self.ref_model.eval()
 
         self.beta = beta
         self.pad_id = pad_id
@@ -80,7 +94,10 @@ class DPO(Module):
         return not needs_reference(self.loss_type)
 
     def parameters(self, recurse=True):
-        """The policy's parameters only (the seed's contract): the reference is not trainable."""
+        """The policy's parameters only (the seed's contract): the reference is not trainable. For a PEFT model,
+        the trainable adapter parameters only (the base is frozen)."""
+        if self.is_peft:
+            return trainable_parameters(self.policy_model, recurse=recurse)
         return self.policy_model.parameters(recurse=recurse)
 
     def train(self, mode=True):
@@ -132,6 +149,9 @@ class DPO(Module):
 
     @torch.no_grad()
     def _reference_logprobs(self, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask):
+        if self.is_peft:
+            with reference_forward(self.policy_model, self.ref_adapter_name) as reference:
+                return self._pair_logprobs(reference, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask)[:2]
         self.ref_model.eval()
         return self._pair_logprobs(self.ref_model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask)[:2]
 
@@ -180,3 +200,18 @@ class DPO(Module):
             rejected_stats=rejected_stats,
         )
         return (loss, metrics) if return_metrics else loss
+
+
+def _check_reference_adapter(model, name):
+    """`ref_adapter_name` names a frozen adapter of a PEFT model other than the trained one."""
+    if not is_peft_model(model):
+        raise ValueError("ref_adapter_name needs a peft.PeftModel (a frozen adapter loaded beside the trained one)")
+    if name not in model.peft_config:
+        raise ValueError(f"ref_adapter_name {name!r} is not an adapter of the model: {sorted(model.peft_config)}")
+    if name == model.active_adapter:
+        raise ValueError(f"ref_adapter_name {name!r} is the adapter being trained; load a frozen copy under another "
+                         "name (peft_model.load_adapter(dir, adapter_name='ref'))")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and f".{name}." in n]
+    if trainable:
+        raise ValueError(f"the reference adapter {name!r} is trainable ({trainable[0]}); load it with "
+                         "is_trainable=False so the reference stays frozen")

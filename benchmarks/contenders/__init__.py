@@ -4,11 +4,13 @@
 `torch_steps.py` (x_transformers, dpo_torch, dpo_torch_compile), `jax_steps.py` (dpo_jax, dpo_jax_plain,
 dpo_jax_precomputed_ref, dpo_jax_xla, dpo_jax_jax_nn: the library's own train step), `layout_steps.py` (prefix
 sharing, packing), `head_steps.py` (the loss head alone), `liger_steps.py` (Liger-Kernel's fused linear DPO
-loss, CUDA only). Each module imports only its siblings `registry`, `inputs` and the step helpers it reuses,
-never this package, so there is no import circle.
+loss, CUDA only), `lora_steps.py` (dpo_jax_lora, dpo_torch_lora: rank-16 adapters, the adapter-off reference).
+Each module imports only its siblings `registry`, `inputs` and the step helpers it reuses, never this package,
+so there is no import circle.
 """
 
-from benchmarks.contenders import head_steps, jax_steps, layout_steps, liger_steps, torch_steps  # noqa: F401 (register)
+from benchmarks.contenders import (head_steps, jax_steps, layout_steps, liger_steps, lora_steps,  # noqa: F401
+                                   torch_steps)  # (register)
 from benchmarks.contenders.inputs import PAD_ID, Batch, Setup, make_batch, make_setup
 from benchmarks.contenders.registry import CONTENDERS, contender
 

@@ -10,6 +10,8 @@ float. Adding a contender is one decorated function in one of the sibling module
 `framework` tells the worker which model to build in `setup` before it takes the memory baseline:
 "torch" gives `setup.torch_model` (the seed-built TransformerWrapper on the torch device), "jax" gives
 `setup.jax_model` (the same weights through `dpo_jax.from_torch`; the torch copy is dropped first).
+`preload` names modules the worker imports before that baseline too (e.g. "peft"), so that a contender's
+memory growth is what it builds, not the code it imports.
 This module imports none of its siblings.
 """
 
@@ -20,9 +22,10 @@ from typing import Callable
 CONTENDERS: dict[str, Callable] = {}
 
 
-def contender(name: str, *, framework: str):
+def contender(name: str, *, framework: str, preload: tuple[str, ...] = ()):
     def register(factory):
         factory.framework = framework
+        factory.preload = tuple(preload)
         CONTENDERS[name] = factory
         return factory
     return register

@@ -3,8 +3,9 @@
 Parts: environment, parity, the presets gpu-125m, head-128k and gpu-350m with every contender that applies,
 and the sequence-length sweep. The contenders run in three passes (tiers) over every part: first the library's
 default path against x-transformers (and the two chunked heads), then the other baselines (dpo_torch, Liger,
-the einsum attention), then the variants (torch.compile, prefix sharing, packing, jax.nn). A run cut short by
-its time budget still compares the main pair in every part, instead of measuring one part completely.
+the einsum attention), then the variants (torch.compile, prefix sharing, packing, jax.nn, LoRA in both faces).
+A run cut short by its time budget still compares the main pair in every part, instead of measuring one part
+completely.
 `--dry-run` swaps every shape for a tiny one (and torch.compile's inductor for aot_eager) so the whole plan runs
 on a CPU in CI; it runs the third tier of the model presets once (at gpu-125m), since gpu-350m's differ only in
 depth.
@@ -26,7 +27,8 @@ PART_NAMES = ("environment", "parity", "gpu-125m", "head-128k", "gpu-350m", "swe
 
 # (tier 1, tier 2, tier 3) per kind of part
 MODEL_TIERS = (("dpo_jax", "x_transformers"), ("dpo_torch", "dpo_jax_xla", "liger_dpo"),
-               ("dpo_torch_compile", "dpo_jax_prefix_sharing", "dpo_jax_packed", "dpo_jax_jax_nn"))
+               ("dpo_torch_compile", "dpo_jax_prefix_sharing", "dpo_jax_packed", "dpo_jax_jax_nn", "dpo_jax_lora",
+                "dpo_torch_lora"))
 HEAD_TIERS = (("torch_head", "jax_chunked_head"), ("liger_head",), ("jax_head",))
 SWEEP_TIERS = (("dpo_jax",), ("dpo_torch",), ("dpo_jax_xla",))
 MODEL_CONTENDERS = sum(MODEL_TIERS, ())

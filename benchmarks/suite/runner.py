@@ -193,6 +193,9 @@ class Suite:
         if contender in ("liger_dpo", "liger_head"):
             from benchmarks.contenders.liger_steps import available
             return available()
+        if contender == "dpo_torch_lora":
+            from benchmarks.contenders.lora_steps import peft_available
+            return peft_available()
         return None
 
     def store(self, task: Task, result: dict) -> None:

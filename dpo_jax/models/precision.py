@@ -6,6 +6,10 @@ float32), and a model that follows the family convention (a frozen `config` with
 constructor `Family(config, *, rngs)`) is rebuilt abstractly in that dtype, so its activations are computed
 in it too. Any other model computes in its parameters' dtype. Log-softmax, log-probs and losses stay float32
 whatever the compute dtype (`ops.logprob_head`).
+
+LoRA adapters (`models.lora`) survive the rebuild: the rebuilt graph gets the same adapters at the same paths
+(`adapter_layout`, part of the cached graph's key), so their parameters merge back in and compute in the
+compute dtype like the base.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from dpo_jax.models.lora.apply import adapter_layout, attach_adapters
 
 __all__ = ["with_compute_dtype", "cast_floating"]
 
@@ -30,10 +36,15 @@ def _rebuildable(model) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _graphdef_in_dtype(model_type, config, dtype):
-    """The same architecture computing in `dtype` (abstract: no weights are materialised)."""
-    abstract = nnx.eval_shape(lambda: model_type(config.replace(dtype=dtype), rngs=nnx.Rngs(0)))
-    return nnx.split(abstract, nnx.Param, ...)[0]
+def _graphdef_in_dtype(model_type, config, dtype, layout=()):
+    """The same architecture computing in `dtype`, with the adapters `layout` describes (abstract: no weights are
+    materialised)."""
+    def build():
+        model = model_type(config.replace(dtype=dtype), rngs=nnx.Rngs(0))
+        attach_adapters(model, layout)
+        return model
+
+    return nnx.split(nnx.eval_shape(build), nnx.Param, ...)[0]
 
 
 def with_compute_dtype(model, dtype):
@@ -49,6 +60,6 @@ def with_compute_dtype(model, dtype):
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params = cast_floating(params, dtype)
     if _rebuildable(model):
-        return nnx.merge(_graphdef_in_dtype(type(model), model.config, dtype), params, rest)
+        return nnx.merge(_graphdef_in_dtype(type(model), model.config, dtype, adapter_layout(model)), params, rest)
     graphdef = nnx.split(model, nnx.Param, ...)[0]
     return nnx.merge(graphdef, params, rest)

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dpo_jax.train.state import saved_part, with_frozen_part
+
 
 def _leaf_name(path) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", jax.tree_util.keystr(path)).strip("_")
@@ -65,7 +67,7 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, state, meta: dict) -> None:
-        arrays = state_to_arrays(state)
+        arrays = state_to_arrays(saved_part(state))
         self._manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(arrays),
                                                               meta=ocp.args.JsonSave(dict(meta, step=int(step)))),
                            force=True)
@@ -87,14 +89,15 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        full_template, template = template, saved_part(template)
         if shardings is None:
             shardings = jax.tree.map(lambda leaf: getattr(leaf, "sharding", None), template)
-        targets = state_to_arrays(shardings)
+        targets = state_to_arrays(saved_part(shardings))
         abstract = {name: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=targets.get(name))
                     for name, leaf in state_to_arrays(template).items()}
         restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                        meta=ocp.args.JsonRestore()))
-        return arrays_to_state(restored["state"], template), restored["meta"]
+        return with_frozen_part(arrays_to_state(restored["state"], template), full_template), restored["meta"]
 
     def close(self) -> None:
         self._manager.close()

@@ -22,15 +22,17 @@ from flax import nnx
 
 from dpo_jax import sharding
 from dpo_jax.layouts import layout_batches, validate_layout
+from dpo_jax.models.lora import LoraConfig
 from dpo_jax.ops.attention import attention_report, reset_attention_report
 from dpo_jax.train.checkpoint import Checkpointer
 from dpo_jax.train.config import TrainConfig
 from dpo_jax.train.evaluation import EVAL_METRICS, EVAL_PREFIX, Evaluator
+from dpo_jax.train.lora import FrozenBase, lora_task, run_report
 from dpo_jax.train.outputs import (PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
                                    write_json)
 from dpo_jax.train.reference import ReferenceCache
 from dpo_jax.train.run_data import check_eval_options, load_run_data
-from dpo_jax.train.state import init_train_state
+from dpo_jax.train.state import init_train_state, reference_params, trained_policy
 from dpo_jax.train.step import make_train_step
 
 LOGGED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -72,6 +74,8 @@ class RunConfig:
     max_seq_len: int = 128
     init_from: str | None = None       # safetensors written by models.x_transformers.save_safetensors
     model: str | None = None           # a Hugging Face model directory: policy, reference and tokenizer from it
+    lora: LoraConfig | None = None     # train LoRA adapters on the model (the adapter-off base is the reference)
+    init_adapter: str | None = None    # continue the adapters of this PEFT directory (frozen, they are the reference)
     mesh: str | None = None            # "data=2,fsdp=4" (dpo_jax.sharding); None: every device on data
     layout: str = "padded"             # padded | prefix_shared | packed (dpo_jax.layouts.LAYOUTS)
     row_len: int | None = None         # shared/packed row length; None: 2 * the task's max length
@@ -99,6 +103,8 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         data = dict(data)
         data["train"] = TrainConfig.from_dict(data.get("train", {}))
+        if isinstance(data.get("lora"), dict):
+            data["lora"] = LoraConfig.from_dict(data["lora"])
         return cls(**data)
 
 
@@ -126,6 +132,13 @@ class _Task:
 
 
 def _build_task(config: RunConfig, mesh) -> _Task:
+    task = _build_base_task(config, mesh)
+    if config.lora is not None or config.init_adapter is not None:  # adapters on the policy; see train.lora
+        task.policy, task.reference = lora_task(task.policy, config.lora, config.init_adapter, seed=config.seed)
+    return task
+
+
+def _build_base_task(config: RunConfig, mesh) -> _Task:
     from dpo_jax.models.x_transformers.safetensors_file import load_safetensors
 
     if config.model is not None:
@@ -210,10 +223,6 @@ def _default_out_dir() -> str:
     return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def _merged(graphdef, params):
-    return nnx.merge(graphdef, params)
-
-
 _STEPS: dict = {}
 
 
@@ -271,6 +280,11 @@ def run(config: RunConfig) -> dict:
     task = _build_task(config, mesh)
     train_config = config.train.replace(total_steps=max(num_steps, 1))
     graphdef, state = init_train_state(task.policy, task.reference, train_config, seed=config.seed)
+    lora_info = None
+    if isinstance(state.ref_params, FrozenBase):
+        lora_info, lines = run_report(state, reference_free=train_config.reference_free, init_adapter=config.init_adapter)
+        if primary:
+            print("\n".join(lines), file=sys.stderr)
     state = sharding.shard_train_state(state, mesh)
     step_fn = _train_step(graphdef, train_config, mesh, state, config.layout)
     batches = layout_batches(config.layout, task.examples, batch_size=config.batch_size, seed=config.seed,
@@ -292,7 +306,7 @@ def run(config: RunConfig) -> dict:
     evaluator = _evaluator(config, task, graphdef, train_config, mesh)
     cache = None
     if train_config.precompute_ref and not train_config.reference_free:
-        cache = ReferenceCache(graphdef, nnx.split(task.reference, nnx.Param)[1], train_config, config.layout)
+        cache = ReferenceCache(graphdef, reference_params(state, task.reference), train_config, config.layout)
         cache.precompute(batches.get_batch(s)[0] for s in range(start, num_steps))
         if evaluator is not None:
             cache.precompute(evaluator.batch_arrays())
@@ -336,7 +350,7 @@ def run(config: RunConfig) -> dict:
     finally:
         progress.close()
 
-    policy = _merged(graphdef, sharding.gather_replicated(state.params, mesh))
+    policy = trained_policy(graphdef, state, mesh)
     from dpo_jax.train.pretrained import save_policy
 
     if primary:
@@ -350,6 +364,8 @@ def run(config: RunConfig) -> dict:
         summary.update(_last_eval(log.records), eval_pairs=len(evaluator))
     if task.data is not None:
         summary["data"] = task.data
+    if lora_info is not None:
+        summary["lora"] = lora_info
     if task.demo is not None:
         after = task.demo.rates(policy, seed=config.seed)
         summary.update(preferred_rate_before=meta.get("preferred_rate_before"),

@@ -13,6 +13,7 @@ PLOT_FILE = "training.png"
 RUN_CONFIG_FILE = "run_config.json"
 POLICY_FILE = "policy.safetensors"   # an x-transformers policy
 HF_POLICY_DIR = "hf_policy"          # a Hugging Face family policy: a directory transformers loads
+ADAPTER_DIR = "adapter"              # a LoRA policy: its adapters as a PEFT directory
 
 
 def _json_value(value):

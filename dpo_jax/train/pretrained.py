@@ -8,7 +8,12 @@ tokenizer.json), and pairs are truncated to `min(--max-seq-len, max_position_emb
 
 `save_policy(policy, run_dir)`: a Hugging Face family policy becomes the directory `hf_policy/` (config,
 safetensors, the source's tokenizer files), which `dpo-jax train --model` and transformers both load; an
-x-transformers policy is written as before, `policy.safetensors`.
+x-transformers policy is written as before, `policy.safetensors`. A LoRA policy (either kind) writes its adapters
+only, as the PEFT directory `adapter/` (`peft.PeftModel.from_pretrained(base, run_dir/adapter)`,
+`dpo_jax.load_adapter`, or `dpo-jax train --init-adapter`).
+
+With LoRA (`--lora-r` or `--init-adapter`) the base is loaded in the checkpoint's own dtype: it is never updated,
+so it needs no float32 master copy.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import os
 
 import jax.numpy as jnp
 
+from dpo_jax.models.lora import has_adapters, save_adapter
 from dpo_jax.models.pretrained import from_pretrained, save_pretrained
 from dpo_jax.models.x_transformers import Transformer
 from dpo_jax.models.x_transformers.safetensors_file import save_safetensors
 from dpo_jax.pretrained_tokenizer import load_model_tokenizer
-from dpo_jax.train.outputs import HF_POLICY_DIR, POLICY_FILE
+from dpo_jax.train.outputs import ADAPTER_DIR, HF_POLICY_DIR, POLICY_FILE
 
 __all__ = ["pretrained_task", "save_policy"]
 
@@ -34,7 +40,8 @@ def pretrained_task(config, mesh):
         raise ValueError("--model needs --data FILE (the built-in demo trains its own model)")
     if config.init_from:
         raise ValueError("--model and --init-from both say where the policy starts; give one")
-    model = from_pretrained(config.model, dtype=jnp.float32, mesh=mesh)
+    lora = getattr(config, "lora", None) is not None or getattr(config, "init_adapter", None) is not None
+    model = from_pretrained(config.model, dtype=None if lora else jnp.float32, mesh=mesh)
     tokenizer = load_model_tokenizer(config.model, tokenizer_file=config.tokenizer)
     if tokenizer.vocab_size > model.vocab_size:
         raise ValueError(f"{config.model}: tokenizer vocabulary {tokenizer.vocab_size} > model vocabulary "
@@ -44,6 +51,8 @@ def pretrained_task(config, mesh):
 
 def save_policy(policy, run_dir) -> str:
     """Write the run's final policy (see the module docstring); returns the path written."""
+    if has_adapters(policy):
+        return save_adapter(policy, os.path.join(run_dir, ADAPTER_DIR))
     if isinstance(policy, Transformer):
         path = os.path.join(run_dir, POLICY_FILE)
         save_safetensors(policy, path)

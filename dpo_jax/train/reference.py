@@ -13,11 +13,10 @@ from typing import Iterable
 
 import jax
 import numpy as np
-from flax import nnx
 
 from dpo_jax.layouts.padded import SEQUENCE_KEYS
 from dpo_jax.train.config import TrainConfig
-from dpo_jax.train.step import layout_of
+from dpo_jax.train.step import layout_of, reference_model_of
 
 __all__ = ["batch_key", "make_reference_fn", "ReferenceCache"]
 
@@ -38,12 +37,13 @@ def batch_key(batch, keys=SEQUENCE_KEYS) -> str:
 
 def make_reference_fn(graphdef, config: TrainConfig, layout="padded"):
     """Jitted (ref_params, batch) -> (chosen [K], rejected [K]) with the loss's reduction, alignment, ld_alpha and
-    forward options, on `layout`'s batches."""
+    forward options, on `layout`'s batches. `ref_params` are the reference model's parameters, or a LoRA state's
+    FrozenBase (the adapter-off base, or the frozen reference adapters on it)."""
     layout = layout_of(config, layout)
 
     def reference_fn(ref_params, batch):
         step_options = {} if config.ld_alpha is None else {"ld_alpha": config.ld_alpha}
-        logps = layout.pair_logprobs(nnx.merge(graphdef, ref_params), batch, reduction=config.reduction,
+        logps = layout.pair_logprobs(reference_model_of(graphdef, ref_params), batch, reduction=config.reduction,
                                      forward=config.forward, **step_options)
         return logps.chosen, logps.rejected
     return jax.jit(reference_fn)

@@ -34,18 +34,21 @@ ACTIVATIONS = {"silu": jax.nn.silu, "swish": jax.nn.silu, "gelu_pytorch_tanh": _
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel (+ bias); kernel [in, out]."""
+    """y = x @ kernel (+ bias) (+ the LoRA adapter in `lora`, when one is attached); kernel [in, out]."""
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool, rngs: nnx.Rngs, dtype=jnp.float32,
                  param_dtype=jnp.float32):
         self.dtype = dtype
         self.kernel = nnx.Param(jax.random.normal(rngs.params(), (in_features, out_features), param_dtype) * INIT_STD)
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+        self.lora = nnx.data(None)  # the slot of a LoRA adapter (dpo_jax.apply_lora)
 
     def __call__(self, x):
         y = x @ self.kernel[...].astype(self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        if self.lora is not None:  # a low-rank adapter (models.lora), added as PEFT does: base(x) + lora(x)
+            y = y + self.lora(x)
         return y
 
 

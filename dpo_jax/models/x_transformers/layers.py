@@ -94,7 +94,8 @@ def make_norm(config, dim: int):
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel (+ bias); kernel is [in, out]. Init mirrors torch's kaiming-uniform bounds."""
+    """y = x @ kernel (+ bias) (+ the LoRA adapter in `lora`, when one is attached); kernel is [in, out]. Init
+    mirrors torch's kaiming-uniform bounds."""
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool, rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32):
@@ -104,11 +105,14 @@ class Linear(nnx.Module):
             rngs.params(), (in_features, out_features), param_dtype, -bound, bound))
         self.bias = nnx.Param(jax.random.uniform(
             rngs.params(), (out_features,), param_dtype, -bound, bound)) if use_bias else None
+        self.lora = nnx.data(None)  # the slot of a LoRA adapter (dpo_jax.apply_lora)
 
     def __call__(self, x):
         y = x @ self.kernel[...].astype(self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        if self.lora is not None:  # a low-rank adapter (models.lora), added as PEFT does: base(x) + lora(x)
+            y = y + self.lora(x)
         return y
 
 
