@@ -16,7 +16,8 @@ from dpo_torch.logprobs import (
 )
 from dpo_torch.losses import REFERENCE_FREE_LOSSES, preference_loss, validate_loss_options
 from dpo_torch.validation import (
-    check_scored_rows, model_max_seq_len, model_num_tokens, validate_dpo_inputs, validate_reference_logps,
+    check_left_padding, check_model, check_scored_rows, model_max_seq_len, model_num_tokens, validate_dpo_inputs,
+    validate_reference_logps,
 )
 
 __all__ = ["DPO", "exists", "freeze_all_layers_", "log_prob_from_model_and_seq", "masked_mean", "maybe_and_mask"]
@@ -43,6 +44,7 @@ class DPO(Module):
             raise ValueError(
                 f"unknown mask_alignment {mask_alignment!r}; expected one of {', '.join(MASK_ALIGNMENTS)}"
             )
+        check_model(model)
 
         self.policy_model = model
         self.ref_model = None
@@ -87,6 +89,8 @@ class DPO(Module):
                 preferred_seq_mask = preferred_seq != self.pad_id
             if not exists(unpreferred_seq_mask):
                 unpreferred_seq_mask = unpreferred_seq != self.pad_id
+        check_left_padding(preferred_seq_mask, "preferred_seq")
+        check_left_padding(unpreferred_seq_mask, "unpreferred_seq")
 
         chosen_mask = scored_mask(prompt_mask, preferred_seq_mask, self.mask_alignment)
         rejected_mask = scored_mask(prompt_mask, unpreferred_seq_mask, self.mask_alignment)

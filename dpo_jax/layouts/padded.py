@@ -18,24 +18,33 @@ from dpo_jax.data import PreferenceDataset, truncated_lengths
 from dpo_jax.forward import ForwardOptions
 from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_logprobs, window_for_masks, window_indices
 from dpo_jax.logprobs import scored_mask, sequence_logprobs, token_logprobs
-from dpo_jax.models.base import has_fast_path
+from dpo_jax.models.base import has_fast_path, max_seq_len_of, vocab_size_of
 from dpo_jax.models.precision import with_compute_dtype
-from dpo_jax.validation import check_token_range, is_concrete
+from dpo_jax.row_guards import guard_pair_rows, left_padding_problem, no_scored_token_problem, token_range_problem
+from dpo_jax.validation import check_token_range, is_concrete, validate_dpo_shapes
 
-__all__ = ["SEQUENCE_KEYS", "PaddedLayout", "PaddedBatches", "sequence_masks", "pair_sequence_logprobs",
-           "padded_score_index"]
+__all__ = ["SEQUENCE_KEYS", "PaddedLayout", "PaddedBatches", "sequence_masks", "filled_seq_masks",
+           "pair_sequence_logprobs", "padded_score_index"]
 
 SEQUENCE_KEYS = ("preferred_seq", "unpreferred_seq", "prompt_mask", "preferred_seq_mask", "unpreferred_seq_mask")
 
 
-def sequence_masks(preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
-                   unpreferred_seq_mask=None, pad_id=None, mask_alignment="next_token"):
-    """Scored masks [B, N-1] for chosen and rejected, with x-transformers' pad_id convention."""
+def filled_seq_masks(preferred_seq, unpreferred_seq, preferred_seq_mask=None, unpreferred_seq_mask=None,
+                     pad_id=None):
+    """The sequence masks, `seq != pad_id` where not given and `pad_id` is set (x-transformers' convention)."""
     if pad_id is not None:
         if preferred_seq_mask is None:
             preferred_seq_mask = preferred_seq != pad_id
         if unpreferred_seq_mask is None:
             unpreferred_seq_mask = unpreferred_seq != pad_id
+    return preferred_seq_mask, unpreferred_seq_mask
+
+
+def sequence_masks(preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
+                   unpreferred_seq_mask=None, pad_id=None, mask_alignment="next_token"):
+    """Scored masks [B, N-1] for chosen and rejected, with x-transformers' pad_id convention."""
+    preferred_seq_mask, unpreferred_seq_mask = filled_seq_masks(preferred_seq, unpreferred_seq, preferred_seq_mask,
+                                                                unpreferred_seq_mask, pad_id)
     return (scored_mask(prompt_mask, preferred_seq_mask, mask_alignment),
             scored_mask(prompt_mask, unpreferred_seq_mask, mask_alignment))
 
@@ -57,13 +66,27 @@ def _window(options: ForwardOptions, masks, score_index):
     return window_indices(masks, window)[0]
 
 
+def _row_problems(seqs, masks, vocab_size, seq_masks):
+    """What makes a row's log-prob meaningless, checked on the device (`row_guards`)."""
+    problems = [no_scored_token_problem(masks)]
+    if vocab_size is not None:
+        problems.append(token_range_problem(seqs, vocab_size))
+    if seq_masks is not None and any(mask is not None for mask in seq_masks):
+        half = (seqs.shape[0] // 2, seqs.shape[1])
+        full = [jnp.ones(half, bool) if mask is None else jnp.asarray(mask) for mask in seq_masks]
+        problems.append(left_padding_problem(jnp.concatenate(full, axis=0)))
+    return problems
+
+
 def pair_sequence_logprobs(model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, reduction="mean", *,
-                           score_index=None, **forward_options):
+                           score_index=None, checks="nan", seq_masks=None, **forward_options):
     """Per-sequence log-probs of chosen and rejected from one concatenated [2B] forward of `model`.
 
     `forward_options` are `ForwardOptions` fields; every setting gives the same numbers. `score_index`
     [B, 2, W] (host-built, `padded_score_index`) fixes the scored window under jit. A row whose scored
-    tokens are not all inside the window gets a NaN log-prob: refused loudly, never truncated.
+    tokens are not all inside the window gets a NaN log-prob: refused loudly, never truncated. So does a row
+    with an id outside the vocabulary, with no scored token, or left-padded (`seq_masks`, the raw sequence
+    masks; `row_guards`); `checks="raise"` also raises naming it (through checkify under jit).
     """
     options = ForwardOptions.of(forward_options)
     batch = preferred_seq.shape[0]
@@ -78,6 +101,7 @@ def pair_sequence_logprobs(model, preferred_seq, unpreferred_seq, chosen_mask, r
             check_token_range(unpreferred_seq, "unpreferred_seq", logits.shape[-1])
         token_logps = token_logprobs(logits, targets)
         logps = sequence_logprobs(token_logps, masks, reduction)
+        logps = guard_pair_rows(logps, _row_problems(seqs, masks, logits.shape[-1], seq_masks), checks=checks)
         return logps[:batch], logps[batch:]
     # no padding mask goes to the model: right padding is invisible to causal attention
     hidden = model.hidden_states(seqs[:, :-1], remat=options.remat, attention_backend=options.attention)
@@ -87,6 +111,7 @@ def pair_sequence_logprobs(model, preferred_seq, unpreferred_seq, chosen_mask, r
     logps = sequence_logprobs(token_logps, scored, reduction)
     if index is not None:  # a scored token outside the window: refuse loudly, never truncate
         logps = jnp.where(scored.sum(axis=-1) == masks.sum(axis=-1), logps, jnp.nan)
+    logps = guard_pair_rows(logps, _row_problems(seqs, masks, vocab_size_of(model), seq_masks), checks=checks)
     return logps[:batch], logps[batch:]
 
 
@@ -95,6 +120,7 @@ class PaddedLayout:
     """One right-padded row per sequence (the arrays `dpo_loss` takes, `SEQUENCE_KEYS`)."""
     pad_id: int | None = None
     mask_alignment: str = "next_token"
+    checks: str = "nan"                # what a bad row does inside jit: "nan" or "raise" (row_guards)
     name: str = "padded"
     keys: tuple = SEQUENCE_KEYS + ("score_index",)
 
@@ -108,11 +134,16 @@ class PaddedLayout:
             pad_id=self.pad_id, mask_alignment=self.mask_alignment)
 
     def pair_logprobs(self, model, batch, *, reduction="mean", forward=None) -> PairLogps:
+        validate_dpo_shapes(batch["preferred_seq"], batch["unpreferred_seq"], prompt_mask=batch["prompt_mask"],
+                            preferred_seq_mask=batch.get("preferred_seq_mask"),
+                            unpreferred_seq_mask=batch.get("unpreferred_seq_mask"), max_seq_len=max_seq_len_of(model))
         chosen_mask, rejected_mask = self.masks(batch)
+        seq_masks = filled_seq_masks(batch["preferred_seq"], batch["unpreferred_seq"], batch.get("preferred_seq_mask"),
+                                     batch.get("unpreferred_seq_mask"), self.pad_id)
         chosen, rejected = pair_sequence_logprobs(model, batch["preferred_seq"], batch["unpreferred_seq"],
                                                   chosen_mask, rejected_mask, reduction,
-                                                  score_index=batch.get("score_index"),
-                                                  **ForwardOptions.of(forward).to_dict())
+                                                  score_index=batch.get("score_index"), checks=self.checks,
+                                                  seq_masks=seq_masks, **ForwardOptions.of(forward).to_dict())
         return PairLogps(chosen, rejected)
 
     def batches(self, examples, *, batch_size, seed, max_len, pad_id, forward=None, process_index=0,
