@@ -91,11 +91,16 @@ def _padded_batch(preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mas
 
 
 def _validate_padded(model, preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask,
-                     unpreferred_seq_mask, pad_id, mask_alignment):
-    """Checks of a padded batch: shapes and dtypes always (static, also at trace time); on concrete arrays the
-    values too: vocabulary, left padding and scored rows."""
-    validate_dpo_shapes(preferred_seq, unpreferred_seq, prompt_mask=prompt_mask, preferred_seq_mask=preferred_seq_mask,
-                        unpreferred_seq_mask=unpreferred_seq_mask, max_seq_len=max_seq_len_of(model))
+                     unpreferred_seq_mask, pad_id, mask_alignment, reference=None):
+    """Checks of a padded batch: shapes and dtypes always (static, also at trace time; the length against the
+    policy's and a model reference's max_seq_len); on concrete arrays the values too: vocabulary, left padding
+    and scored rows."""
+    for name, limit_of in (("the policy", model), ("the reference", reference)):
+        if limit_of is None or isinstance(limit_of, tuple):
+            continue
+        validate_dpo_shapes(preferred_seq, unpreferred_seq, prompt_mask=prompt_mask,
+                            preferred_seq_mask=preferred_seq_mask, unpreferred_seq_mask=unpreferred_seq_mask,
+                            max_seq_len=max_seq_len_of(limit_of), model=name)
     arrays = (preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
     if not is_concrete(*arrays):
         return
@@ -141,7 +146,7 @@ def dpo_loss(policy, reference, preferred_seq, unpreferred_seq, *, prompt_mask, 
     forward = ForwardOptions.of(forward_options)  # unknown or invalid options fail here, before any compute
     _validate_padded(policy, preferred_seq, unpreferred_seq, prompt_mask=prompt_mask,
                      preferred_seq_mask=preferred_seq_mask, unpreferred_seq_mask=unpreferred_seq_mask, pad_id=pad_id,
-                     mask_alignment=mask_alignment)
+                     mask_alignment=mask_alignment, reference=reference)
     batch = _padded_batch(preferred_seq, unpreferred_seq, prompt_mask, preferred_seq_mask, unpreferred_seq_mask)
     return batch_loss(policy, reference, batch, layout="padded", beta=beta, pad_id=pad_id, loss_type=loss_type,
                       reduction=reduction, mask_alignment=mask_alignment, label_smoothing=label_smoothing,

@@ -46,8 +46,9 @@ def _spec(x, name):
 
 
 def validate_dpo_shapes(preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
-                        unpreferred_seq_mask=None, max_seq_len=None):
-    """Raise TypeError / ValueError naming the argument; static, so it also runs on tracers (None skips a limit)."""
+                        unpreferred_seq_mask=None, max_seq_len=None, model="the model"):
+    """Raise TypeError / ValueError naming the argument; static, so it also runs on tracers (None skips a limit;
+    `model` names whose `max_seq_len` it is)."""
     if prompt_mask is None:
         raise TypeError("prompt_mask is required: a bool array [batch, seq_len], True on the prompt's tokens")
     specs = {}
@@ -68,7 +69,7 @@ def validate_dpo_shapes(preferred_seq, unpreferred_seq, *, prompt_mask, preferre
     if max_seq_len is not None and length - 1 > max_seq_len:
         raise ValueError(
             f"sequences of length {length} are too long: the model sees seq_len - 1 = {length - 1} tokens "
-            f"(the last is only a target) but its max_seq_len is {max_seq_len}"
+            f"(the last is only a target) but {model}'s max_seq_len is {max_seq_len}"
         )
     for name, mask in zip(MASK_NAMES, (prompt_mask, preferred_seq_mask, unpreferred_seq_mask)):
         if mask is None:

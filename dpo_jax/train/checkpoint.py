@@ -62,7 +62,8 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
                                                cleanup_tmp_directories=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        with _quiet_orbax():  # a damaged step's metadata is logged here; restore_newest_intact reports it itself
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:
         self._manager.reload()
@@ -105,15 +106,19 @@ class Checkpointer:
         return arrays_to_state(restored["state"], template), restored["meta"]
 
     def restore_newest_intact(self, template, *, shardings=None, log=print):
-        """(state, meta, step) of the newest checkpoint that restores; unreadable newer ones are moved aside."""
+        """(state, meta, step) of the newest checkpoint that restores; unreadable newer ones are moved aside.
+        orbax's own log lines about a damaged step (listing, reading) are silenced: this reports each one."""
         failures = []
-        for step in reversed(self.all_steps()):
+        with _quiet_orbax():
+            steps = self.all_steps()
+        for step in reversed(steps):
             try:
                 with _quiet_orbax():
                     state, meta = self.restore(template, step, shardings=shardings)
             except Exception as err:  # noqa: BLE001 - any failure to read a checkpoint means it is unusable
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-                aside = self._move_aside(step)
+                with _quiet_orbax():
+                    aside = self._move_aside(step)
                 failures.append(f"step {step} ({reason})")
                 log(f"dpo-jax: checkpoint {step} is unreadable ({reason}); moved to {aside}, trying the previous one")
                 continue

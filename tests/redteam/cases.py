@@ -204,7 +204,10 @@ CLI_CASES = [
     _cli("d17b", "list mixing a string and an int", CLEAR, error(r":1: .*not an integer token id"),
          train("mixed_inlist.jsonl")),
     _cli("d18", "one 1 MB prompt line", OK, ok(), train("1mb.jsonl")),
-    _cli("d19", "prompt 501 bytes > --max-seq-len 64", OK, ok(), train("long_prompt.jsonl")),
+    # truncation keeps 1 completion token of each, and chosen and rejected start with the same byte: no preference
+    # is left (their loss would be ln 2, their gradient 0), so the run refuses the pairs, like o27b and d36
+    _cli("d19", "prompt 501 bytes > --max-seq-len 64", OK, error(r"chosen equals? (to )?rejected"),
+         train("long_prompt.jsonl")),
     _cli("d19b", "chosen 500 bytes > --max-seq-len 64", OK, ok(), train("long_completion.jsonl")),
     _cli("d20", "CRLF line endings", OK, ok(), train("crlf.jsonl")),
     _cli("d21", "UTF-8 BOM at file start", CLEAR, error(r":1: .*BOM"), train("bom.jsonl")),
@@ -402,7 +405,7 @@ API_CASES = [
     _api("a09m", "dpo_loss, typo keyword reductoin='sum'", CLEAR, error(r"reductoin"), P(api.dpo, reductoin="sum")),
     _api("a10", "dpo_loss, reference vocab 128 < policy 256, ids up to 255", CLEAR, error(r"vocabulary \[0, 128\)"),
          lambda ws: api.dpo(ws, reference=api.jax_model(num_tokens=128), preferred_seq=_bad_ids(217))),
-    _api("a11", "dpo_loss, reference max_seq_len 8 < policy 16", CLEAR, error(r"max_seq_len 8"),
+    _api("a11", "dpo_loss, reference max_seq_len 8 < policy 16", CLEAR, error(r"reference's max_seq_len is 8"),
          lambda ws: api.dpo(ws, reference=api.jax_model(max_seq_len=8))),
     _api("a12", "dpo_loss, policy = the torch model (forgot from_torch)", TRACEBACK, error(r"policy .*PyTorch.*from_torch"),
          lambda ws: api.dpo(ws, policy=api.torch_model())),

@@ -55,12 +55,13 @@ def load_safetensors(path, config: TransformerConfig | None = None):
     except SafetensorError as err:
         raise ValueError(f"{path} is not a safetensors file or is damaged ({err}); expected a file written by "
                          "dpo_jax.save_safetensors or dpo-jax train (policy.safetensors)") from None
-    expected = metadata.get(CHECKSUM_METADATA_KEY)
-    if expected is not None and tensors_sha256(state) != expected:
-        raise ValueError(f"{path}: the tensors do not match the file's checksum ({CHECKSUM_METADATA_KEY}): the file "
-                         "is corrupt; write it again (or restore it from a checkpoint)")
     if config is None:
         if CONFIG_METADATA_KEY not in metadata:
             raise ValueError(f"{path} has no '{CONFIG_METADATA_KEY}' metadata; pass config=")
         config = TransformerConfig.from_json(metadata[CONFIG_METADATA_KEY])
-    return model_from_state_dict(config, state)
+    model = model_from_state_dict(config, state)  # names missing / unexpected keys and wrong shapes first
+    expected = metadata.get(CHECKSUM_METADATA_KEY)
+    if expected is not None and tensors_sha256(state) != expected:
+        raise ValueError(f"{path}: the tensors do not match the file's checksum ({CHECKSUM_METADATA_KEY}): the file "
+                         "is corrupt; write it again (or restore it from a checkpoint)")
+    return model
