@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from dpo_jax.forward import FastPath, ForwardOptions
 from dpo_jax.layouts import get_layout
-from dpo_jax.layouts.padded import filled_seq_masks, pair_sequence_logprobs, sequence_masks
+from dpo_jax.layouts.padded import pair_sequence_logprobs, sequence_masks
 from dpo_jax.logprobs import MASK_ALIGNMENTS, REDUCTIONS
 from dpo_jax.losses import preference_loss, validate_loss_options
 from dpo_jax.models.base import max_seq_len_of, vocab_size_of
@@ -106,10 +106,9 @@ def _validate_padded(model, preferred_seq, unpreferred_seq, *, prompt_mask, pref
         return
     validate_dpo_values(preferred_seq, unpreferred_seq, num_tokens=vocab_size_of(model))
     batch = _padded_batch(*arrays)
-    for name, seq_mask in zip(("preferred_seq", "unpreferred_seq"), filled_seq_masks(
-            batch["preferred_seq"], batch["unpreferred_seq"], batch["preferred_seq_mask"],
-            batch["unpreferred_seq_mask"], pad_id)):
-        check_left_padding(seq_mask, name)
+    if pad_id is not None:  # left padding is told by pad tokens: an explicit mask may drop any position
+        for name in ("preferred_seq", "unpreferred_seq"):
+            check_left_padding(batch[name] != pad_id, name)
     chosen_mask, rejected_mask = sequence_masks(
         batch["preferred_seq"], batch["unpreferred_seq"], prompt_mask=batch["prompt_mask"],
         preferred_seq_mask=batch["preferred_seq_mask"], unpreferred_seq_mask=batch["unpreferred_seq_mask"],

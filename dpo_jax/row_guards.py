@@ -49,10 +49,11 @@ def no_scored_token_problem(scored) -> RowProblem:
 
 
 def left_padding_problem(seq_mask) -> RowProblem:
-    """Rows whose sequence mask is False at position 0 and True later; the value is the number of leading pads."""
-    return RowProblem(~seq_mask[:, 0] & seq_mask.any(axis=-1), "{name} row {row} starts with {value} padding "
-                      "position(s): left padding is not supported, the model would attend to the pads; pad on the "
-                      "right", jnp.argmax(seq_mask, axis=-1))
+    """Rows of `seq_mask = seq != pad_id` that start with pad tokens and have their own later; the value is the
+    number of leading pads."""
+    return RowProblem(~seq_mask[:, 0] & seq_mask.any(axis=-1), "{name} row {row} starts with {value} pad "
+                      "token(s) before its own tokens: left padding is not supported, the model would attend to the "
+                      "pads; pad on the right", jnp.argmax(seq_mask, axis=-1))
 
 
 def guard_pair_rows(logps, problems, *, checks: str = "nan", names=("preferred_seq", "unpreferred_seq")):

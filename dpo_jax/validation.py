@@ -118,8 +118,9 @@ def check_scored_rows(mask, name):
 
 
 def check_left_padding(seq_mask, name):
-    """A row whose sequence mask is False at position 0 and True later is left-padded: the model sees no mask, so
-    the pads would be attended to and the log-probs change with their count. Right padding is exact."""
+    """`seq_mask` is `seq != pad_id`: a row that starts with pad tokens and has its own tokens later is
+    left-padded; the model sees no mask, so the pads would be attended to and the log-probs change with their
+    count. Right padding is exact. (An explicit sequence mask may drop any position, so it cannot tell.)"""
     if seq_mask is None:
         return
     mask = np.asarray(seq_mask)
@@ -128,8 +129,8 @@ def check_left_padding(seq_mask, name):
         row = int(left[0])
         pads = int(np.argmax(mask[row]))
         raise ValueError(
-            f"{name} row {row} starts with {pads} padding position(s) (its sequence mask is False there, True "
-            f"later): left padding is not supported, the model would attend to the pads; pad on the right "
+            f"{name} row {row} starts with {pads} pad token(s) before its own tokens: left padding is not "
+            f"supported, the model would attend to the pads; pad on the right "
             f"({len(left)} such row(s) in the batch)"
         )
 

@@ -89,8 +89,9 @@ class DPO(Module):
                 preferred_seq_mask = preferred_seq != self.pad_id
             if not exists(unpreferred_seq_mask):
                 unpreferred_seq_mask = unpreferred_seq != self.pad_id
-        check_left_padding(preferred_seq_mask, "preferred_seq")
-        check_left_padding(unpreferred_seq_mask, "unpreferred_seq")
+        if exists(self.pad_id):  # left padding is told by pad tokens: an explicit mask may drop any position
+            check_left_padding(preferred_seq != self.pad_id, "preferred_seq")
+            check_left_padding(unpreferred_seq != self.pad_id, "unpreferred_seq")
 
         chosen_mask = scored_mask(prompt_mask, preferred_seq_mask, self.mask_alignment)
         rejected_mask = scored_mask(prompt_mask, unpreferred_seq_mask, self.mask_alignment)

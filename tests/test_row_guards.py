@@ -10,23 +10,21 @@ from jax.experimental import checkify
 from dpo_jax.layouts import get_layout
 from dpo_jax.models.x_transformers import Transformer, TransformerConfig
 
-B, T, P, V = 3, 10, 3, 64
+B, T, P, V, PAD = 3, 10, 3, 64, 0
 
 
 def batch():
     rng = np.random.default_rng(0)
     chosen, rejected = rng.integers(1, V, (B, T)), rng.integers(1, V, (B, T))
     rejected[:, :P] = chosen[:, :P]
-    seq_mask = np.ones((B, T), bool)
-    seq_mask[1, :2] = False  # row 1 is left-padded: two pads, then its prompt
-    return dict(preferred_seq=chosen, unpreferred_seq=rejected, prompt_mask=np.arange(T)[None].repeat(B, 0) < P + 2,
-                preferred_seq_mask=seq_mask, unpreferred_seq_mask=np.ones((B, T), bool))
+    chosen[1, :2] = PAD  # row 1 is left-padded: two pads, then its prompt
+    return dict(preferred_seq=chosen, unpreferred_seq=rejected, prompt_mask=np.arange(T)[None].repeat(B, 0) < P + 2)
 
 
 def pair_logps(checks):
     model = Transformer(TransformerConfig(num_tokens=V, max_seq_len=16, dim=16, depth=1, heads=2, attn_dim_head=8),
                         rngs=nnx.Rngs(0))
-    layout = get_layout("padded", checks=checks)
+    layout = get_layout("padded", pad_id=PAD, checks=checks)
     return lambda arrays: layout.pair_logprobs(model, arrays)
 
 
@@ -39,4 +37,4 @@ def test_a_left_padded_row_is_nan_under_jit_and_only_that_pair():
 def test_checks_raise_names_the_left_padded_row():
     error, _ = jax.jit(checkify.checkify(pair_logps("raise")))(batch())
     message = error.get()
-    assert message is not None and "preferred_seq row 1 starts with 2 padding position(s)" in message, message
+    assert message is not None and "preferred_seq row 1 starts with 2 pad token(s)" in message, message

@@ -85,8 +85,8 @@ def pair_sequence_logprobs(model, preferred_seq, unpreferred_seq, chosen_mask, r
     `forward_options` are `ForwardOptions` fields; every setting gives the same numbers. `score_index`
     [B, 2, W] (host-built, `padded_score_index`) fixes the scored window under jit. A row whose scored
     tokens are not all inside the window gets a NaN log-prob: refused loudly, never truncated. So does a row
-    with an id outside the vocabulary, with no scored token, or left-padded (`seq_masks`, the raw sequence
-    masks; `row_guards`); `checks="raise"` also raises naming it (through checkify under jit).
+    with an id outside the vocabulary, with no scored token, or left-padded (`seq_masks`: `seq != pad_id`, a
+    row starting with pad tokens before its own; `row_guards`); `checks="raise"` also raises naming it (through checkify under jit).
     """
     options = ForwardOptions.of(forward_options)
     batch = preferred_seq.shape[0]
@@ -138,8 +138,9 @@ class PaddedLayout:
                             preferred_seq_mask=batch.get("preferred_seq_mask"),
                             unpreferred_seq_mask=batch.get("unpreferred_seq_mask"), max_seq_len=max_seq_len_of(model))
         chosen_mask, rejected_mask = self.masks(batch)
-        seq_masks = filled_seq_masks(batch["preferred_seq"], batch["unpreferred_seq"], batch.get("preferred_seq_mask"),
-                                     batch.get("unpreferred_seq_mask"), self.pad_id)
+        seq_masks = None  # left padding is told by pad_id tokens: an explicit mask may drop any position
+        if self.pad_id is not None:
+            seq_masks = (batch["preferred_seq"] != self.pad_id, batch["unpreferred_seq"] != self.pad_id)
         chosen, rejected = pair_sequence_logprobs(model, batch["preferred_seq"], batch["unpreferred_seq"],
                                                   chosen_mask, rejected_mask, reduction,
                                                   score_index=batch.get("score_index"), checks=self.checks,

@@ -398,8 +398,9 @@ API_CASES = [
          lambda ws: api.dpo(ws, reference=__import__("dpo_jax").ReferenceLogps(np.full(2, np.nan), np.zeros(2)))),
     _api("a09j", "dpo_loss, reference=None with sigmoid", CLEAR, error(r"needs a reference"),
          lambda ws: api.dpo(ws, reference=None)),
-    _api("a09k", "dpo_loss, left padding (leading pads, seq masks False there)", SILENT, error(r"left padding"),
-         lambda ws: api.dpo(ws, **api.left_padded())),
+    # left padding is told by pad tokens (an explicit mask may drop any position, x-transformers accepts that)
+    _api("a09k", "dpo_loss(pad_id=0), left padding (leading pads, seq masks False there)", SILENT,
+         error(r"left padding"), lambda ws: api.dpo(ws, pad_id=0, **api.left_padded())),
     _api("a09l", "dpo_loss, preferred_seq_mask with a hole", OK, ok(api.finite_loss),
          P(api.dpo, preferred_seq_mask=np.arange(api.T)[None].repeat(api.B, 0) != 8)),
     _api("a09m", "dpo_loss, typo keyword reductoin='sum'", CLEAR, error(r"reductoin"), P(api.dpo, reductoin="sum")),
