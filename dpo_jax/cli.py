@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from dpo_jax.forward import LOGPROB_HEAD_CHOICES, SCORE_POSITIONS, ForwardOptions
@@ -20,24 +21,58 @@ from dpo_jax.ops.remat import REMAT_POLICIES
 from dpo_jax.train.optim import OPTIMIZERS, SCHEDULES
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, except where it has none (None) or is an off flag (False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+def _int_at_least(minimum: int, words: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, ">= 0")
+_sequence_length = _int_at_least(2, ">= 2 (a pair needs a token and the one it predicts)")
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -52,13 +87,13 @@ def _loss_types(text: str):
 
 def _loss_weights(text: str):
     try:
-        return tuple(float(weight) for weight in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text}") from None
+        return tuple(_float(weight) for weight in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated finite numbers, got {text}") from None
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _float(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
     return value
@@ -68,20 +103,24 @@ def add_data_arguments(group, *, train: bool = True) -> None:
     """--data and what reads it (tokenizer, chat template), plus the held-out evaluation options for `train`."""
     group.add_argument("--data", nargs="+", action="extend", metavar="FILE",
                        help="preference file(s): JSONL, JSON, .gz, Parquet or a datasets.save_to_disk folder, in "
-                            "TRL's formats (README: Preference data)" + ("; default: the built-in demo" if train else ""),
+                            "TRL's formats (README: Preference data)" + ("; without it: the built-in demo. A "
+                                                                         "new model starts from random weights "
+                                                                         "unless --init-from or --model" if train
+                                                                         else ""),
                        required=not train)
-    group.add_argument("--tokenizer", help="Hugging Face tokenizer.json or tokenizer folder (default: byte tokenizer)")
+    group.add_argument("--tokenizer", help="Hugging Face tokenizer.json or tokenizer folder (without it: the byte "
+                                           "tokenizer, 258 ids)")
     group.add_argument("--chat-template", metavar="FILE",
                        help="Jinja chat template (file, tokenizer_config.json or folder) for conversational data "
-                            "(default: the tokenizer folder's)")
+                            "(without it: the tokenizer folder's)")
     if not train:
         return
     group.add_argument("--eval-data", nargs="+", action="extend", metavar="FILE", help="held-out preference file(s)")
     group.add_argument("--eval-split", type=_fraction, metavar="F",
                        help="hold out this fraction of --data for evaluation (seeded by --seed)")
     group.add_argument("--eval-every", type=_positive_int, metavar="N",
-                       help="evaluate every N steps (default: only after the last step, which always evaluates)")
-    group.add_argument("--eval-batch-size", type=_positive_int, metavar="N", help="default: --batch-size")
+                       help="evaluate every N steps (without it: only after the last step, which always evaluates)")
+    group.add_argument("--eval-batch-size", type=_positive_int, metavar="N", help="without it: --batch-size")
 
 
 def add_lora_arguments(group) -> None:
@@ -92,7 +131,7 @@ def add_lora_arguments(group) -> None:
     group.add_argument("--lora-targets", metavar="SPEC", help="all-linear (default: every linear layer but the head), "
                        "comma-separated layer names (q_proj,v_proj) or a regular expression on the full names")
     group.add_argument("--lora-exclude", metavar="SPEC", help="layers to leave out, same forms (default lm_head)")
-    group.add_argument("--lora-dropout", type=float, metavar="P", help="dropout on the adapters' input (default 0)")
+    group.add_argument("--lora-dropout", type=_non_negative_float, metavar="P", help="dropout on the adapters' input (without it: 0)")
     group.add_argument("--use-rslora", action="store_true", help="scale alpha / sqrt(r) (rank-stabilised LoRA)")
     group.add_argument("--lora-init", choices=LORA_INITS, help="which factor starts at zero (default zero_b, PEFT's)")
     group.add_argument("--init-adapter", metavar="DIR", help="continue the LoRA adapters of a PEFT directory; a frozen "
@@ -143,8 +182,9 @@ def lora_config_from_args(args, parser):
 
 
 def add_inspect_command(commands) -> None:
-    inspect = commands.add_parser("inspect-data", help="show what preference files become: counts, formats, "
-                                                       "lengths, truncation, one rendered example")
+    inspect = commands.add_parser("inspect-data", formatter_class=HelpFormatter,
+                                  help="show what preference files become: counts, formats, lengths, truncation, "
+                                       "one rendered example")
     group = inspect.add_argument_group("data")
     add_data_arguments(group, train=False)
     group.add_argument("--model", metavar="DIR", help="a Hugging Face model folder: only its tokenizer files are read "
@@ -153,61 +193,76 @@ def add_inspect_command(commands) -> None:
     group.add_argument("--example", type=_non_negative_int, default=0, help="which pair to render (0-based)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpo-jax", description="DPO training in JAX/Flax/optax.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a policy with DPO (no options: run the demo)")
+def add_train_arguments(train) -> None:
+    """Every option of `dpo-jax train` (also used on its own to tell which options a command line gave)."""
     data = train.add_argument_group("data and run")
     add_data_arguments(data)
-    data.add_argument("--out", help="run directory (default: runs/<timestamp>)")
-    data.add_argument("--resume", metavar="DIR", help="resume the run in DIR from its last checkpoint")
-    data.add_argument("--steps", type=_positive_int)
-    data.add_argument("--batch-size", type=_positive_int, help="default: demo 32, --data 16")
-    data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--log-every", type=_positive_int, default=1)
-    data.add_argument("--checkpoint-every", type=_positive_int, default=50)
-    data.add_argument("--keep-checkpoints", type=_positive_int, default=3)
-    data.add_argument("--quick", action="store_true", help="shortened demo (tests, CI)")
+    data.add_argument("--out", help="run directory, which must not hold a run (without it: runs/<timestamp>)")
+    data.add_argument("--overwrite", action="store_true",
+                      help="replace the run in --out: it is moved to <out>.replaced-<time>, not deleted")
+    data.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest intact checkpoint, "
+                      "with its options and data; only --steps, --mesh, --log-every, --checkpoint-every, "
+                      "--keep-checkpoints, --eval-every, --eval-batch-size and --no-progress may differ")
+    data.add_argument("--allow-changes", action="store_true",
+                      help="with --resume: accept other options or changed data (each difference is recorded in "
+                           "DIR/changes.jsonl)")
+    data.add_argument("--steps", type=_positive_int, help="optimizer steps in all (without it: demo 150, "
+                                                          "--quick 75, --data 100); on --resume, the new end")
+    data.add_argument("--batch-size", type=_positive_int, help="pairs per step (without it: demo 32, --data 16)")
+    data.add_argument("--seed", type=_non_negative_int, default=0, help="model init, data order, demo task, eval split")
+    data.add_argument("--log-every", type=_positive_int, default=1, help="write metrics.jsonl every N steps")
+    data.add_argument("--checkpoint-every", type=_positive_int, default=50, help="save a checkpoint every N steps "
+                                                                                  "(and after the last)")
+    data.add_argument("--keep-checkpoints", type=_positive_int, default=3, help="how many checkpoints to keep")
+    data.add_argument("--quick", action="store_true", help="shortened demo (tests, CI); no effect with --data")
     data.add_argument("--layout", choices=list(LAYOUTS), default="padded",
                       help="padded rows, prefix sharing ([prompt, chosen, rejected] per row), or packed shared pairs")
-    data.add_argument("--row-len", type=_positive_int, help="prefix_shared/packed row length (default 2 x max length)")
-    data.add_argument("--rows", type=_positive_int, help="packed rows per batch (default --batch-size)")
+    data.add_argument("--row-len", type=_positive_int, help="prefix_shared/packed row length (without it: 2 x max "
+                                                           "length)")
+    data.add_argument("--rows", type=_positive_int, help="packed rows per batch (without it: --batch-size)")
     data.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     scale = train.add_argument_group("devices (docs/sharding.md)")
     scale.add_argument("--mesh", metavar="data=D,fsdp=F",
-                       help="device mesh, e.g. data=2,fsdp=4 (default: every device on data); --resume may change it")
+                       help="device mesh, e.g. data=2,fsdp=4 (without it: every device on data); --resume may "
+                            "change it")
     scale.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address "
                        "(or DPO_JAX_COORDINATOR; TPU pods, SLURM, Open MPI are auto-detected)")
     scale.add_argument("--num-processes", type=_positive_int, help="multi-host: number of processes")
     scale.add_argument("--process-id", type=_non_negative_int, help="multi-host: this process's index")
     scale.add_argument("--init-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
-                       help="multi-host: how long a process waits for the coordinator (default 300)")
+                       help="multi-host: how long a process waits for the coordinator")
     loss = train.add_argument_group("loss")
-    loss.add_argument("--beta", type=_positive_float, help="default: demo 1.0 (summed log-probs), --data 0.1")
+    loss.add_argument("--beta", type=_positive_float, help="KL strength (without it: demo 1.0 with summed "
+                                                           "log-probs, --data 0.1)")
     loss.add_argument("--loss-type", type=_loss_types, metavar="TYPE[,TYPE...]",
-                      help=f"one of {', '.join(LOSS_TYPES)}, or a comma-separated combination (e.g. sigmoid,sft); "
-                           "default: demo sigmoid,sft (weights 1,0.5), --data sigmoid")
+                      help=f"one of {', '.join(LOSS_TYPES)}, or a comma-separated combination (e.g. sigmoid,sft; "
+                           "README: the loss family); without it: demo sigmoid,sft (weights 1,0.5), --data sigmoid")
     loss.add_argument("--loss-weights", type=_loss_weights, metavar="W[,W...]",
-                      help="one weight per --loss-type term (default all 1), e.g. 1,0.2")
-    loss.add_argument("--ld-alpha", type=float, metavar="A", help="LD-DPO: scale of the log-probs past the shorter "
+                      help="one weight per --loss-type term (without it: all 1), e.g. 1,0.2")
+    loss.add_argument("--ld-alpha", type=_float, metavar="A", help="LD-DPO: scale of the log-probs past the shorter "
                       "completion, in [0, 1] (needs --reduction sum)")
     loss.add_argument("--use-weighting", action="store_true", help="WPO: weight pairs by the policy's own "
                       "token probabilities")
     loss.add_argument("--logits-metrics", action="store_true", help="also log logits/chosen and logits/rejected")
-    loss.add_argument("--reduction", choices=("mean", "sum"), help="default: demo sum, --data mean (the seed)")
-    loss.add_argument("--divergence", choices=DIVERGENCES, default="reverse_kl")
-    loss.add_argument("--label-smoothing", type=float, default=0.0)
+    loss.add_argument("--reduction", choices=("mean", "sum"), help="per-sequence log-prob: mean over tokens (the "
+                                                                  "seed) or sum (the paper); without it: demo sum, "
+                                                                  "--data mean")
+    loss.add_argument("--divergence", choices=DIVERGENCES, default="reverse_kl", help="f-divergence score (f-DPO)")
+    loss.add_argument("--label-smoothing", type=_float, default=0.0, help="cDPO / robust / EXO smoothing e")
     loss.add_argument("--precompute-ref", action="store_true", help="reference log-probs once, cached")
-    loss.add_argument("--ref-sync-every", type=_non_negative_int, default=0, metavar="K", help="TR-DPO period")
-    loss.add_argument("--ref-sync-alpha", type=float, default=0.6, metavar="A", help="TR-DPO mixing weight")
+    loss.add_argument("--ref-sync-every", type=_non_negative_int, default=0, metavar="K",
+                      help="TR-DPO: mix the policy into the reference every K steps (0: never)")
+    loss.add_argument("--ref-sync-alpha", type=_float, default=0.6, metavar="A", help="TR-DPO mixing weight in [0, 1]")
     optim = train.add_argument_group("optimizer")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    optim.add_argument("--lr", type=_positive_float, help="peak learning rate (default adamw 1e-4, rmsprop 1e-6)")
-    optim.add_argument("--warmup-steps", type=_non_negative_int, help="default adamw 0, rmsprop 150")
-    optim.add_argument("--schedule", choices=SCHEDULES, default="constant")
-    optim.add_argument("--weight-decay", type=float, default=0.0)
-    optim.add_argument("--grad-accum", type=_positive_int, default=1)
-    optim.add_argument("--grad-clip", type=float, default=1.0, help="global-norm clip; 0 disables")
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="adamw, or rmsprop (the DPO paper)")
+    optim.add_argument("--lr", type=_positive_float, help="peak learning rate (without it: adamw 1e-4, rmsprop 1e-6)")
+    optim.add_argument("--warmup-steps", type=_non_negative_int, help="linear warmup (without it: adamw 0, rmsprop "
+                                                                      "150)")
+    optim.add_argument("--schedule", choices=SCHEDULES, default="constant", help="learning rate after warmup")
+    optim.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="adamw's decoupled weight decay")
+    optim.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per step (they divide "
+                                                                           "--batch-size)")
+    optim.add_argument("--grad-clip", type=_non_negative_float, default=1.0, help="global-norm clip; 0 disables")
     forward = train.add_argument_group("forward pass (how the log-probs are computed; never what they are)")
     forward.add_argument("--logprob-head", choices=LOGPROB_HEAD_CHOICES, default="auto",
                          help="full logits, or the chunked head that never builds them (auto: chunked for "
@@ -215,11 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument("--head-chunk-size", type=_positive_int, default=ForwardOptions.head_chunk_size,
                          help="tokens per chunk of the chunked head")
     forward.add_argument("--score-positions", choices=SCORE_POSITIONS, default="scored",
-                         help="send only the scored positions to the head (default), or all of them")
+                         help="send only the scored positions to the head, or all of them")
     forward.add_argument("--remat", choices=list(REMAT_POLICIES), default="none",
                          help="per-block rematerialisation: recompute activations in the backward pass")
     forward.add_argument("--compute-dtype", choices=("float32", "bfloat16", "float16"),
-                         help="forward dtype; master weights, log-softmax and loss stay float32")
+                         help="forward dtype; master weights, log-softmax and loss stay float32 (without it: the "
+                              "model's)")
     forward.add_argument("--bf16", action="store_true", help="shorthand for --compute-dtype bfloat16")
     forward.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto",
                          help="attention backend (auto: cudnn on NVIDIA GPUs in bf16/fp16, splash on TPU, else xla)")
@@ -227,14 +283,85 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", metavar="DIR", help="a Hugging Face model directory (Llama, Mistral, Qwen2, Qwen3, "
                        "Gemma 2, Gemma 3): policy, reference and tokenizer start from it; the run writes hf_policy/; "
                        "--max-seq-len caps the pair length")
-    model.add_argument("--dim", type=_positive_int, default=64)
-    model.add_argument("--depth", type=_positive_int, default=2)
-    model.add_argument("--heads", type=_positive_int, default=4)
-    model.add_argument("--max-seq-len", type=_positive_int, default=128)
-    model.add_argument("--init-from", metavar="FILE.safetensors", help="start from a converted checkpoint")
+    model.add_argument("--init-from", metavar="FILE.safetensors",
+                       help="start the policy (and the reference) from a policy.safetensors (dpo-jax train, "
+                            "dpo_jax.save_safetensors); its shape is the file's")
+    model.add_argument("--dim", type=_positive_int, help="width of a new model (without --model / --init-from: "
+                                                         "64); it starts from random weights")
+    model.add_argument("--depth", type=_positive_int, help="layers of a new model (64 wide: 2)")
+    model.add_argument("--heads", type=_positive_int, help="attention heads of a new model (4)")
+    model.add_argument("--max-seq-len", type=_sequence_length, default=128,
+                       help="a new model's length and the pair length (with --model: a cap on the pair length; "
+                            "with --init-from: the file's length is used)")
     add_lora_arguments(train.add_argument_group("LoRA adapters (docs/lora.md)"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpo-jax", description="DPO training in JAX/Flax/optax.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", formatter_class=HelpFormatter,
+                                help="train a policy with DPO (no options: run the demo)",
+                                description="Train a policy with DPO. Without --data: the built-in demo. Exit "
+                                            "status 0 done, 1 a non-finite loss or gradient, 2 bad input, 130 "
+                                            "interrupted (Ctrl-C: checkpointed, resumable).")
+    add_train_arguments(train)
     add_inspect_command(commands)
     return parser
+
+
+# How each option of `dpo-jax train` sets a RunConfig field (a path of run_config.flat_fields), and how its value
+# becomes the field's. Options absent here are about processes or the run directory, not about the run.
+OPTION_FIELDS = {
+    "out": "out_dir", "data": "data", "tokenizer": "tokenizer", "chat_template": "chat_template",
+    "eval_data": "eval_data", "eval_split": "eval_split", "eval_every": "eval_every",
+    "eval_batch_size": "eval_batch_size", "steps": "steps", "batch_size": "batch_size", "seed": "seed",
+    "log_every": "log_every", "checkpoint_every": "checkpoint_every", "keep_checkpoints": "keep_checkpoints",
+    "quick": "quick", "layout": "layout", "row_len": "row_len", "rows": "rows", "mesh": "mesh", "model": "model",
+    "init_from": "init_from", "dim": "dim", "depth": "depth", "heads": "heads", "max_seq_len": "max_seq_len",
+    "no_progress": "progress",
+    "beta": "train.beta", "loss_type": "train.loss_type", "loss_weights": "train.loss_weights",
+    "ld_alpha": "train.ld_alpha", "use_weighting": "train.use_weighting", "logits_metrics": "train.logits_metrics",
+    "reduction": "train.reduction",
+    "divergence": "train.divergence", "label_smoothing": "train.label_smoothing",
+    "precompute_ref": "train.precompute_ref", "ref_sync_every": "train.ref_sync_every",
+    "ref_sync_alpha": "train.ref_sync_alpha", "optimizer": "train.optimizer", "lr": "train.learning_rate",
+    "warmup_steps": "train.warmup_steps", "schedule": "train.schedule", "weight_decay": "train.weight_decay",
+    "grad_accum": "train.grad_accum", "grad_clip": "train.grad_clip",
+    "logprob_head": "train.forward.logprob_head", "head_chunk_size": "train.forward.head_chunk_size",
+    "score_positions": "train.forward.score_positions", "remat": "train.forward.remat",
+    "compute_dtype": "train.forward.compute_dtype", "bf16": "train.forward.compute_dtype",
+    "attention": "train.forward.attention",
+    # the LoRA options make one field, the run's LoraConfig (lora_config_from_args)
+    **dict.fromkeys(("lora_r", "lora_alpha", "lora_targets", "lora_exclude", "lora_dropout", "use_rslora", "lora_init",
+                     "load_in_4bit", "load_in_8bit"), "lora"),
+    "init_adapter": "init_adapter",
+}
+LORA_OPTIONS = tuple(name for name, field in OPTION_FIELDS.items() if field == "lora")
+_SKIP = object()
+OPTION_VALUES = {"no_progress": lambda value: not value, "grad_clip": lambda value: value or None,
+                 "bf16": lambda value: "bfloat16" if value else _SKIP}
+
+
+def explicit_train_options(argv) -> set[str]:
+    """The options of `dpo-jax train` that `argv` gives, whatever their values (a default given explicitly
+    counts: on --resume it is compared with the run's)."""
+    argv = list(argv)
+    parser = argparse.ArgumentParser(add_help=False)
+    add_train_arguments(parser)
+    for action in parser._actions:  # argparse has no public way to ask which options were given: no defaults
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv[argv.index("train") + 1:] if "train" in argv else argv)))
+
+
+def _fields(args, names) -> dict:
+    changes = {}
+    for name in names:
+        if name not in OPTION_FIELDS or name in LORA_OPTIONS:
+            continue
+        value = OPTION_VALUES.get(name, lambda v: v)(getattr(args, name))
+        if value is not _SKIP:
+            changes[OPTION_FIELDS[name]] = value
+    return changes
 
 
 GENERAL_DEFAULTS = {"beta": 0.1, "reduction": "mean", "batch_size": 16, "loss_type": "sigmoid"}
@@ -257,56 +384,55 @@ def fill_task_defaults(args):
             setattr(args, name, defaults[name])
 
 
-def run_config_from_args(args, parser):
-    from dpo_jax.train import RunConfig, TrainConfig, load_run_config
+def resume_config_from_args(args, parser, explicit: set[str]):
+    """The stored config of --resume DIR with the options this command gave applied (the run decides which of
+    them it accepts: `train.run_dir.check_resume`)."""
+    from dpo_jax.train import load_run_config
+    from dpo_jax.train.run_config import replace_fields
 
+    for flag, name in (("--out", "out"), ("--overwrite", "overwrite")):
+        if name in explicit:
+            parser.error(f"{flag} starts a new run; --resume DIR continues the one in DIR: give one of them")
+    given_lora = [f"--{name.replace('_', '-')}" for name in (*LORA_OPTIONS, "init_adapter") if name in explicit]
+    if given_lora:
+        parser.error(f"--resume DIR keeps the run's adapters (run_config.json): drop {', '.join(given_lora)}")
+    try:
+        config = load_run_config(args.resume)
+        config = replace_fields(config, _fields(args, explicit - {"out"}))
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        parser.error(str(err))
+    config.allow_changes = args.allow_changes
+    return config
+
+
+def run_config_from_args(args, parser, explicit: set[str] | None = None):
+    from dpo_jax.train import RunConfig
+    from dpo_jax.train.run_config import replace_fields
+
+    explicit = set(vars(args)) if explicit is None else explicit
     if args.resume:
-        try:
-            config = load_run_config(args.resume)
-        except FileNotFoundError as err:
-            parser.error(str(err))
-        if args.steps is not None:
-            config.steps = args.steps
-        if args.mesh is not None:
-            config.mesh = args.mesh
-        config.progress = not args.no_progress
-        return config
+        return resume_config_from_args(args, parser, explicit)
+    if args.allow_changes:
+        parser.error("--allow-changes applies to --resume DIR")
     fill_task_defaults(args)
     if args.model is not None and (args.data is None or args.init_from is not None):
         parser.error("--model needs --data FILE and excludes --init-from")
-    if args.dim % args.heads:
-        parser.error(f"--dim {args.dim} must be divisible by --heads {args.heads}")
+    shape = RunConfig(dim=args.dim, depth=args.depth, heads=args.heads).model_shape()
+    if shape["dim"] % shape["heads"]:
+        parser.error(f"--dim {shape['dim']} must be divisible by --heads {shape['heads']}")
     if args.bf16 and args.compute_dtype not in (None, "bfloat16"):
         parser.error(f"--bf16 contradicts --compute-dtype {args.compute_dtype}")
     try:
-        forward_options = ForwardOptions(
-            logprob_head=args.logprob_head, head_chunk_size=args.head_chunk_size,
-            score_positions=args.score_positions, remat=args.remat,
-            compute_dtype="bfloat16" if args.bf16 else args.compute_dtype, attention=args.attention)
-        train_config = TrainConfig(
-            beta=args.beta, loss_type=args.loss_type, reduction=args.reduction, divergence=args.divergence,
-            loss_weights=args.loss_weights, ld_alpha=args.ld_alpha, use_weighting=args.use_weighting,
-            logits_metrics=args.logits_metrics,
-            label_smoothing=args.label_smoothing, optimizer=args.optimizer, learning_rate=args.lr,
-            warmup_steps=args.warmup_steps, schedule=args.schedule, weight_decay=args.weight_decay,
-            grad_accum=args.grad_accum, grad_clip=args.grad_clip or None, precompute_ref=args.precompute_ref,
-            ref_sync_every=args.ref_sync_every, ref_sync_alpha=args.ref_sync_alpha, forward=forward_options)
+        config = replace_fields(RunConfig(), _fields(args, OPTION_FIELDS))
     except ValueError as err:
         parser.error(str(err))
     if args.batch_size % args.grad_accum:
         parser.error(f"--batch-size {args.batch_size} must be divisible by --grad-accum {args.grad_accum}")
     check_eval_arguments(args, parser)
-    lora = lora_config_from_args(args, parser)
-    return RunConfig(lora=lora, init_adapter=args.init_adapter,
-                     out_dir=args.out, data=args.data, tokenizer=args.tokenizer, steps=args.steps,
-                     batch_size=args.batch_size, seed=args.seed, log_every=args.log_every,
-                     checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, dim=args.dim,
-                     depth=args.depth, heads=args.heads, max_seq_len=args.max_seq_len, init_from=args.init_from,
-                     model=args.model,
-                     quick=args.quick, progress=not args.no_progress, train=train_config, layout=args.layout,
-                     row_len=args.row_len, rows=args.rows, mesh=args.mesh, chat_template=args.chat_template,
-                     eval_data=args.eval_data, eval_split=args.eval_split, eval_every=args.eval_every,
-                     eval_batch_size=args.eval_batch_size)
+    config.lora = lora_config_from_args(args, parser)
+    config.init_adapter = args.init_adapter
+    config.overwrite = args.overwrite
+    return config
 
 
 def check_eval_arguments(args, parser) -> None:
@@ -340,12 +466,32 @@ def inspect_main(args) -> int:
     return 0
 
 
+def _interrupted(config, stop=None) -> int:
+    """Ctrl-C: where the run stands and the exact command that continues it."""
+    from dpo_jax.train.run_dir import checkpoint_steps, resume_command
+
+    if stop is not None and stop.checkpoint_step is not None:
+        saved = (f"checkpoint at step {stop.checkpoint_step}" if stop.checkpoint_step == stop.step else
+                 f"last checkpoint at step {stop.checkpoint_step}")
+        print(f"dpo-jax: interrupted at step {stop.step} of {stop.num_steps}; {saved} in {stop.run_dir}; resume "
+              f"with: {resume_command(stop.run_dir)}", file=sys.stderr)
+        return 130
+    steps = checkpoint_steps(config.out_dir) if config.out_dir else []
+    if steps:
+        print(f"dpo-jax: interrupted; last checkpoint at step {steps[-1]} in {config.out_dir}; resume with: "
+              f"{resume_command(config.out_dir)}", file=sys.stderr)
+    else:
+        print("dpo-jax: interrupted before the first checkpoint: nothing to resume", file=sys.stderr)
+    return 130
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "inspect-data":
         return inspect_main(args)
-    config = run_config_from_args(args, parser)
+    config = run_config_from_args(args, parser, explicit_train_options(argv))
     from dpo_jax.sharding import initialize_distributed, parse_mesh_spec
 
     if config.mesh is not None:
@@ -359,14 +505,18 @@ def main(argv=None) -> int:
         print(f"dpo-jax: {err}", file=sys.stderr)
         return 2
     from dpo_jax.data import DataError
-    from dpo_jax.train import NonFiniteError, run
+    from dpo_jax.train import NonFiniteError, RunInterrupted, run
 
     try:
         summary = run(config)
+    except RunInterrupted as stop:
+        return _interrupted(config, stop)
+    except KeyboardInterrupt:
+        return _interrupted(config)
     except NonFiniteError as err:
         print(f"dpo-jax: {err}", file=sys.stderr)
         return 1
-    except (DataError, FileNotFoundError, ValueError, ImportError) as err:  # bad data, paths, checkpoints, extras
+    except (DataError, FileNotFoundError, ValueError, ImportError, OSError) as err:  # bad data, paths, extras
         print(f"dpo-jax: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, sort_keys=True))

@@ -164,6 +164,15 @@ DISTRIBUTED_ENV = ("DPO_JAX_COORDINATOR", "DPO_JAX_NUM_PROCESSES", "DPO_JAX_PROC
 DEFAULT_INIT_TIMEOUT = 300  # seconds a process waits for the coordinator (process 0) to come up
 
 
+def sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-process run (nothing on one process): e.g. process 0 has made
+    the run directory before the others open it."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def wait_for_coordinator(address: str, timeout: float) -> None:
     """Block until a TCP connection to `address` ("host:port") succeeds, or raise ConnectionError after `timeout`.
 

@@ -133,7 +133,12 @@ class HFTokenizer:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer file not found: {path}")
-        backend = tokenizers.Tokenizer.from_file(path)
+        try:
+            backend = tokenizers.Tokenizer.from_file(path)
+        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for a file it cannot parse
+            raise ValueError(f"{path} is not a tokenizer.json the Hugging Face tokenizers library can read ({err}); "
+                             "pass a tokenizer.json or a tokenizer folder, or omit --tokenizer for the byte "
+                             "tokenizer") from None
 
         def token_id(token: str, role: str) -> int:
             found = backend.token_to_id(token)

@@ -18,7 +18,8 @@ from dpo_torch.logprobs import (
 )
 from dpo_torch.losses import needs_reference, preference_loss, required_statistics, validate_loss_options
 from dpo_torch.validation import (
-    check_scored_rows, model_max_seq_len, model_num_tokens, validate_dpo_inputs, validate_reference_logps,
+    check_left_padding, check_model, check_scored_rows, model_max_seq_len, model_num_tokens, validate_dpo_inputs,
+    validate_reference_logps,
 )
 
 __all__ = ["DPO", "exists", "freeze_all_layers_", "log_prob_from_model_and_seq", "masked_mean", "maybe_and_mask"]
@@ -59,6 +60,7 @@ class DPO(Module):
                               divergence=divergence, alpha=alpha, gamma=gamma,
                               has_reference=needs_reference(loss_type), loss_weights=loss_weights,
                               use_weighting=use_weighting, ld_alpha=ld_alpha, reduction=reduction)
+        check_model(model)
 
         self.policy_model = model
         self.ref_model = None
@@ -119,6 +121,9 @@ class DPO(Module):
                 preferred_seq_mask = preferred_seq != self.pad_id
             if not exists(unpreferred_seq_mask):
                 unpreferred_seq_mask = unpreferred_seq != self.pad_id
+        if exists(self.pad_id):  # left padding is told by pad tokens: an explicit mask may drop any position
+            check_left_padding(preferred_seq != self.pad_id, "preferred_seq")
+            check_left_padding(unpreferred_seq != self.pad_id, "unpreferred_seq")
 
         chosen_mask = scored_mask(prompt_mask, preferred_seq_mask, self.mask_alignment)
         rejected_mask = scored_mask(prompt_mask, unpreferred_seq_mask, self.mask_alignment)

@@ -72,6 +72,8 @@ def validate_dpo_inputs(preferred_seq, unpreferred_seq, *, prompt_mask, preferre
             f"preferred_seq and unpreferred_seq must have the same shape, got {tuple(preferred_seq.shape)} "
             f"and {tuple(unpreferred_seq.shape)} (pad both to one length)"
         )
+    if preferred_seq.shape[0] == 0:
+        raise ValueError("preferred_seq has batch size 0: a batch needs at least one pair")
     seq_len = preferred_seq.shape[-1]
     if seq_len < 2:
         raise ValueError(
@@ -93,6 +95,50 @@ def validate_dpo_inputs(preferred_seq, unpreferred_seq, *, prompt_mask, preferre
     if exists(num_tokens):
         _check_token_range(preferred_seq, "preferred_seq", num_tokens)
         _check_token_range(unpreferred_seq, "unpreferred_seq", num_tokens)
+
+
+def check_left_padding(seq_mask, name):
+    """`seq_mask` is `seq != pad_id`: a row that starts with pad tokens and has its own tokens later is
+    left-padded; the model sees no mask, so the pads would be attended to and the log-probs change with their
+    count. Right padding is exact. (An explicit sequence mask may drop any position, so it cannot tell.)"""
+    if not exists(seq_mask):
+        return
+    left = (~seq_mask[:, 0] & seq_mask.any(dim=-1)).nonzero().flatten().tolist()
+    if left:
+        row = left[0]
+        pads = int(seq_mask[row].int().argmax())
+        raise ValueError(
+            f"{name} row {row} starts with {pads} pad token(s) before its own tokens: left padding is not "
+            f"supported, the model would attend to the pads; pad on the right "
+            f"({len(left)} such row(s) in the batch)"
+        )
+
+
+def check_model(model):
+    """What `DPO` can score: a module mapping token ids [B, N] to logits [B, N, V]. A bare x-transformers
+    `Decoder` (no embedding, no head) is refused with the wrapper to put around it; anything else is probed once
+    on two tokens, so a wrong module fails here, not deep inside torch on the first batch."""
+    from dpo_torch.logprobs import model_logits
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"DPO needs a torch.nn.Module causal LM, got {type(model).__name__}")
+    if type(model).__module__.startswith("x_transformers") and hasattr(model, "layer_types") \
+            and not hasattr(model, "attn_layers"):
+        raise TypeError(f"DPO needs a causal LM, got a bare x-transformers {type(model).__name__} (no token embedding, "
+                        "no logits): wrap it, TransformerWrapper(num_tokens=..., max_seq_len=..., attn_layers="
+                        f"{type(model).__name__}(...))")
+    parameter = next(iter(model.parameters()), None)
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=None if parameter is None else parameter.device)
+    with torch.no_grad():
+        try:
+            logits = model_logits(model(tokens))
+        except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise TypeError(f"DPO needs a causal LM mapping token ids [B, N] to logits [B, N, V]; "
+                            f"{type(model).__name__} fails on token ids of shape (1, 2): {type(err).__name__}: "
+                            f"{err}") from None
+    if logits.ndim != 3 or tuple(logits.shape[:2]) != (1, 2) or not logits.dtype.is_floating_point:
+        raise TypeError(f"DPO needs a causal LM mapping token ids [B, N] to logits [B, N, V]; "
+                        f"{type(model).__name__} maps token ids (1, 2) to {tuple(logits.shape)} {logits.dtype}")
 
 
 def check_scored_rows(mask, name):

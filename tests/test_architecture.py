@@ -3,9 +3,9 @@ ones, and no private name crosses a module boundary. An AST pass over every modu
 included), plus fresh interpreters that import each face and look at `sys.modules`.
 
 Layers of `dpo_jax`, lowest first (a module may import its own layer and the ones below):
-  0  ops/, sharding             computations a kernel may replace; the device mesh
+  0  ops/, sharding, files      computations a kernel may replace; the device mesh; atomic file writes
   1  models/                    the model contract and the families
-  2  logprobs, losses, validation, forward, tokenizer, pretrained_tokenizer, data, sampling
+  2  logprobs, losses, validation, row_guards, forward, tokenizer, pretrained_tokenizer, data, sampling
   3  layouts/
   4  dpo
   5  train/, demo               the trainer and its built-in task (the demo the run falls back to)
@@ -22,10 +22,10 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = [
-    ("dpo_jax.ops", "dpo_jax.sharding"),
+    ("dpo_jax.ops", "dpo_jax.sharding", "dpo_jax.files"),
     ("dpo_jax.models",),
-    ("dpo_jax.logprobs", "dpo_jax.losses", "dpo_jax.validation", "dpo_jax.forward", "dpo_jax.tokenizer",
-     "dpo_jax.pretrained_tokenizer", "dpo_jax.data", "dpo_jax.sampling"),
+    ("dpo_jax.logprobs", "dpo_jax.losses", "dpo_jax.validation", "dpo_jax.row_guards", "dpo_jax.forward",
+     "dpo_jax.tokenizer", "dpo_jax.pretrained_tokenizer", "dpo_jax.data", "dpo_jax.sampling"),
     ("dpo_jax.layouts",),
     ("dpo_jax.dpo",),
     ("dpo_jax.train", "dpo_jax.demo"),

@@ -25,14 +25,18 @@ class UnsupportedLayoutError(NotImplementedError, ValueError):
     """A combination a layout refuses: an invalid option for it (a ValueError) that it does not implement."""
 
 
-def get_layout(layout="padded", *, pad_id=None, mask_alignment="next_token") -> Layout:
-    """The layout object for a name (a Layout instance passes through)."""
+def get_layout(layout="padded", *, pad_id=None, mask_alignment="next_token", checks="nan") -> Layout:
+    """The layout object for a name (a Layout instance passes through). `checks` ("nan" or "raise": what a bad
+    row does inside jit, `dpo_jax.row_guards`) is the padded layout's; the others take host-built rows."""
     if not isinstance(layout, str):
         return layout
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if layout == "padded":
-        return PaddedLayout(pad_id=pad_id, mask_alignment=mask_alignment)
+        return PaddedLayout(pad_id=pad_id, mask_alignment=mask_alignment, checks=checks)
+    if checks != "nan":
+        raise ValueError(f"checks={checks!r} applies to the padded layout; layout {layout!r} takes rows built "
+                         "on the host from validated examples")
     return LAYOUTS[layout](mask_alignment=mask_alignment)
 
 

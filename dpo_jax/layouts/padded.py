@@ -19,25 +19,34 @@ from dpo_jax.forward import ForwardOptions
 from dpo_jax.layouts.base import PairLogps, bucketed, scored_head_statistics, window_for_masks, window_indices
 from dpo_jax.logprobs import (SequenceStats, check_ld_reduction, ld_sequence_logprobs, scored_mask,
                               sequence_logprobs, sequence_statistics, token_logprobs)
-from dpo_jax.models.base import has_fast_path
+from dpo_jax.models.base import has_fast_path, max_seq_len_of, vocab_size_of
 from dpo_jax.models.precision import with_compute_dtype
 from dpo_jax.ops.logprob_head import HEAD_STATISTICS, logit_statistics
-from dpo_jax.validation import check_token_range, is_concrete
+from dpo_jax.row_guards import guard_pair_rows, left_padding_problem, no_scored_token_problem, token_range_problem
+from dpo_jax.validation import check_token_range, is_concrete, validate_dpo_shapes
 
-__all__ = ["SEQUENCE_KEYS", "PaddedLayout", "PaddedBatches", "sequence_masks", "pair_sequence_logprobs",
-           "padded_pair_logps", "padded_score_index"]
+__all__ = ["SEQUENCE_KEYS", "PaddedLayout", "PaddedBatches", "sequence_masks", "filled_seq_masks",
+           "pair_sequence_logprobs", "padded_pair_logps", "padded_score_index"]
 
 SEQUENCE_KEYS = ("preferred_seq", "unpreferred_seq", "prompt_mask", "preferred_seq_mask", "unpreferred_seq_mask")
 
 
-def sequence_masks(preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
-                   unpreferred_seq_mask=None, pad_id=None, mask_alignment="next_token"):
-    """Scored masks [B, N-1] for chosen and rejected, with x-transformers' pad_id convention."""
+def filled_seq_masks(preferred_seq, unpreferred_seq, preferred_seq_mask=None, unpreferred_seq_mask=None,
+                     pad_id=None):
+    """The sequence masks, `seq != pad_id` where not given and `pad_id` is set (x-transformers' convention)."""
     if pad_id is not None:
         if preferred_seq_mask is None:
             preferred_seq_mask = preferred_seq != pad_id
         if unpreferred_seq_mask is None:
             unpreferred_seq_mask = unpreferred_seq != pad_id
+    return preferred_seq_mask, unpreferred_seq_mask
+
+
+def sequence_masks(preferred_seq, unpreferred_seq, *, prompt_mask, preferred_seq_mask=None,
+                   unpreferred_seq_mask=None, pad_id=None, mask_alignment="next_token"):
+    """Scored masks [B, N-1] for chosen and rejected, with x-transformers' pad_id convention."""
+    preferred_seq_mask, unpreferred_seq_mask = filled_seq_masks(preferred_seq, unpreferred_seq, preferred_seq_mask,
+                                                                unpreferred_seq_mask, pad_id)
     return (scored_mask(prompt_mask, preferred_seq_mask, mask_alignment),
             scored_mask(prompt_mask, unpreferred_seq_mask, mask_alignment))
 
@@ -59,24 +68,41 @@ def _window(options: ForwardOptions, masks, score_index):
     return window_indices(masks, window)[0]
 
 
+def _row_problems(seqs, masks, vocab_size, seq_masks):
+    """What makes a row's log-prob meaningless, checked on the device (`row_guards`)."""
+    problems = [no_scored_token_problem(masks)]
+    if vocab_size is not None:
+        problems.append(token_range_problem(seqs, vocab_size))
+    if seq_masks is not None and any(mask is not None for mask in seq_masks):
+        half = (seqs.shape[0] // 2, seqs.shape[1])
+        full = [jnp.ones(half, bool) if mask is None else jnp.asarray(mask) for mask in seq_masks]
+        problems.append(left_padding_problem(jnp.concatenate(full, axis=0)))
+    return problems
+
+
 def pair_sequence_logprobs(model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, reduction="mean", *,
-                           score_index=None, ld_alpha=None, **forward_options):
+                           score_index=None, ld_alpha=None, checks="nan", seq_masks=None, **forward_options):
     """Per-sequence log-probs of chosen and rejected from one concatenated [2B] forward of `model`.
 
     `forward_options` are `ForwardOptions` fields; every setting gives the same numbers. `score_index`
     [B, 2, W] (host-built, `padded_score_index`) fixes the scored window under jit. A row whose scored
-    tokens are not all inside the window gets a NaN log-prob: refused loudly, never truncated. `ld_alpha`
-    (reduction "sum") gives LD-DPO's log-probs (`logprobs.ld_sequence_logprobs`).
+    tokens are not all inside the window gets a NaN log-prob: refused loudly, never truncated. So does a row
+    with an id outside the vocabulary, with no scored token, or left-padded (`seq_masks`: `seq != pad_id`, a
+    row starting with pad tokens before its own; `row_guards`); `checks="raise"` also raises naming it (through
+    checkify under jit). `ld_alpha` (reduction "sum") gives LD-DPO's log-probs (`logprobs.ld_sequence_logprobs`).
     """
     logps = padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, reduction,
-                              score_index=score_index, ld_alpha=ld_alpha, forward=forward_options)
+                              score_index=score_index, ld_alpha=ld_alpha, checks=checks, seq_masks=seq_masks,
+                              forward=forward_options)
     return logps.chosen, logps.rejected
 
 
 def padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, rejected_mask, reduction="mean", *,
-                      score_index=None, ld_alpha=None, statistics=(), forward=None) -> PairLogps:
+                      score_index=None, ld_alpha=None, statistics=(), checks="nan", seq_masks=None,
+                      forward=None) -> PairLogps:
     """`pair_sequence_logprobs` as a `PairLogps`, with each sequence's `SequenceStats` when `statistics` are asked
-    for (the head's per-position statistics come out of the same head pass)."""
+    for (the head's per-position statistics come out of the same head pass); a row the guards refuse has NaN in
+    its log-prob and in every statistic."""
     options = ForwardOptions.of(forward)
     check_ld_reduction(ld_alpha, reduction)
     batch = preferred_seq.shape[0]
@@ -93,6 +119,7 @@ def padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, reject
         token_logps = token_logprobs(logits, targets)
         head_statistics = logit_statistics(logits, tuple(n for n in statistics if n in HEAD_STATISTICS))
         scored = masks
+        vocab_size = logits.shape[-1]
     else:
         # no padding mask goes to the model: right padding is invisible to causal attention
         hidden = model.hidden_states(seqs[:, :-1], remat=options.remat, attention_backend=options.attention)
@@ -101,17 +128,21 @@ def padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, reject
         scored = masks if index is None else jnp.take_along_axis(masks, index, axis=1)
         if index is not None:
             complete = scored.sum(axis=-1) == masks.sum(axis=-1)
+        vocab_size = vocab_size_of(model)
     if ld_alpha is None:
         logps = sequence_logprobs(token_logps, scored, reduction)
     else:
         logps = jnp.concatenate(ld_sequence_logprobs(token_logps[:batch], token_logps[batch:], scored[:batch],
                                                      scored[batch:], ld_alpha))
     stats = sequence_statistics(token_logps, scored, statistics, head_statistics)
-    if complete is not None:  # a scored token outside the window: refuse loudly, never truncate
-        def refuse(values):
-            return None if values is None else jnp.where(complete, values, jnp.nan)
-        logps = refuse(logps)
-        stats = None if stats is None else SequenceStats(*map(refuse, stats))
+    ok = jnp.ones(logps.shape, bool) if complete is None else complete  # complete: a scored token outside the
+    ok = ok & ~jnp.isnan(guard_pair_rows(jnp.zeros(logps.shape, logps.dtype),  # window is refused, not truncated
+                                         _row_problems(seqs, masks, vocab_size, seq_masks), checks=checks))
+
+    def refuse(values):
+        return None if values is None else jnp.where(ok.reshape(ok.shape + (1,) * (values.ndim - 1)), values, jnp.nan)
+    logps = refuse(logps)
+    stats = None if stats is None else SequenceStats(*map(refuse, stats))
     if stats is None:
         return PairLogps(logps[:batch], logps[batch:])
     chosen_stats = SequenceStats(*(None if x is None else x[:batch] for x in stats))
@@ -124,6 +155,7 @@ class PaddedLayout:
     """One right-padded row per sequence (the arrays `dpo_loss` takes, `SEQUENCE_KEYS`)."""
     pad_id: int | None = None
     mask_alignment: str = "next_token"
+    checks: str = "nan"                # what a bad row does inside jit: "nan" or "raise" (row_guards)
     name: str = "padded"
     keys: tuple = SEQUENCE_KEYS + ("score_index",)
 
@@ -138,10 +170,16 @@ class PaddedLayout:
 
     def pair_logprobs(self, model, batch, *, reduction="mean", forward=None, ld_alpha=None,
                       statistics=()) -> PairLogps:
+        validate_dpo_shapes(batch["preferred_seq"], batch["unpreferred_seq"], prompt_mask=batch["prompt_mask"],
+                            preferred_seq_mask=batch.get("preferred_seq_mask"),
+                            unpreferred_seq_mask=batch.get("unpreferred_seq_mask"), max_seq_len=max_seq_len_of(model))
         chosen_mask, rejected_mask = self.masks(batch)
+        seq_masks = None  # left padding is told by pad_id tokens: an explicit mask may drop any position
+        if self.pad_id is not None:
+            seq_masks = (batch["preferred_seq"] != self.pad_id, batch["unpreferred_seq"] != self.pad_id)
         return padded_pair_logps(model, batch["preferred_seq"], batch["unpreferred_seq"], chosen_mask, rejected_mask,
                                  reduction, score_index=batch.get("score_index"), ld_alpha=ld_alpha,
-                                 statistics=statistics, forward=forward)
+                                 statistics=statistics, checks=self.checks, seq_masks=seq_masks, forward=forward)
 
     def batches(self, examples, *, batch_size, seed, max_len, pad_id, forward=None, process_index=0,
                 process_count=1, **_):

@@ -5,12 +5,20 @@ keyed by its pytree path) and `meta` (JSON: step, seed, TrainConfig, model confi
 Orbax writes a step into a temporary folder (`<step>.orbax-checkpoint-tmp-*`) and renames it when complete,
 and `all_steps()` lists only finished step folders, so a run killed mid-save resumes from the previous
 checkpoint. Saves are synchronous (no background thread racing a kill). The newest `keep` are kept.
+
+`restore_newest_intact` is what a resume uses: a newest checkpoint that cannot be read (truncated files, a disk
+that filled up) is moved aside to `<run>/corrupt_checkpoints/` (never deleted), with a message, and the next older
+one is restored; only when none can be read is it an error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import logging
 import os
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -56,7 +64,8 @@ class Checkpointer:
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
                                                cleanup_tmp_directories=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        with _quiet_orbax():  # a damaged step's metadata is logged here; restore_newest_intact reports it itself
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:
         self._manager.reload()
@@ -99,5 +108,50 @@ class Checkpointer:
                                                                        meta=ocp.args.JsonRestore()))
         return with_frozen_part(arrays_to_state(restored["state"], template), full_template), restored["meta"]
 
+    def restore_newest_intact(self, template, *, shardings=None, log=print):
+        """(state, meta, step) of the newest checkpoint that restores; unreadable newer ones are moved aside.
+        orbax's own log lines about a damaged step (listing, reading) are silenced: this reports each one."""
+        failures = []
+        with _quiet_orbax():
+            steps = self.all_steps()
+        for step in reversed(steps):
+            try:
+                with _quiet_orbax():
+                    state, meta = self.restore(template, step, shardings=shardings)
+            except Exception as err:  # noqa: BLE001 - any failure to read a checkpoint means it is unusable
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                with _quiet_orbax():
+                    aside = self._move_aside(step)
+                failures.append(f"step {step} ({reason})")
+                log(f"dpo-jax: checkpoint {step} is unreadable ({reason}); moved to {aside}, trying the previous one")
+                continue
+            if failures:
+                log(f"dpo-jax: resuming from step {step}, the newest intact checkpoint")
+            return state, meta, step
+        raise ValueError(f"no intact checkpoint in {self.directory}: {'; '.join(failures) or 'none saved'}")
+
+    def _move_aside(self, step: int) -> str:
+        run_dir = os.path.dirname(self.directory)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = os.path.join(run_dir, "corrupt_checkpoints", f"{step}-{stamp}")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self._manager.reload()
+        return target
+
     def close(self) -> None:
         self._manager.close()
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """orbax and tensorstore log every failed read with its traceback; the caller reports the failure itself."""
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "orbax.checkpoint")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -4,6 +4,11 @@ A run is resumable at any moment: batches are a pure function of (seed, step) (t
 the TrainState (with its RNG) is checkpointed by orbax, and on resume metrics.jsonl is cut back to the
 checkpoint's step, so the resumed run logs exactly what an uninterrupted run would have. A non-finite loss or
 gradient norm stops the run (`NonFiniteError`) without saving: the last checkpoint stays the last good one.
+
+The order is the contract of `train.run_dir`: options, the run directory's state, the data and the model are all
+validated before the run directory, its run_config.json or a Checkpointer exist; once they do, every exit
+(an error, a non-finite value, Ctrl-C) closes the Checkpointer. Ctrl-C stops after the step in flight, saves it
+and raises `RunInterrupted` with the resume command's ingredients.
 """
 
 from __future__ import annotations
@@ -14,26 +19,29 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
 from dpo_jax import sharding
 from dpo_jax.layouts import layout_batches, validate_layout
-from dpo_jax.models.lora import LoraConfig
 from dpo_jax.ops.attention import attention_report, reset_attention_report
+from dpo_jax.train import run_dir as run_dirs
 from dpo_jax.train.checkpoint import Checkpointer
 from dpo_jax.train.config import TrainConfig
 from dpo_jax.train.evaluation import EVAL_METRICS, EVAL_PREFIX, Evaluator
-from dpo_jax.train.lora import FrozenBase, lora_task, run_report
-from dpo_jax.train.outputs import (PLOT_FILE, RUN_CONFIG_FILE, SUMMARY_FILE, MetricsLog, plot_training,
-                                   write_json)
+from dpo_jax.train.fingerprint import run_fingerprint
+from dpo_jax.train.interrupt import RunInterrupted, StopRequest
+from dpo_jax.train.lora import FrozenBase, run_report
+from dpo_jax.train.outputs import PLOT_FILE, SUMMARY_FILE, MetricsLog, plot_training, write_json
 from dpo_jax.train.reference import ReferenceCache
-from dpo_jax.train.run_data import check_eval_options, load_run_data
+from dpo_jax.train.run_config import RunConfig, load_run_config
+from dpo_jax.train.run_data import check_eval_options
 from dpo_jax.train.state import init_train_state, reference_params, trained_policy
 from dpo_jax.train.step import make_train_step
+from dpo_jax.train.task import Task, build_task
+
+__all__ = ["LOGGED_METRICS", "NonFiniteError", "RunInterrupted", "RunConfig", "load_run_config", "run"]
 
 LOGGED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                   "logps/chosen", "logps/rejected", "grad_norm", "lr")
@@ -50,139 +58,9 @@ class NonFiniteError(RuntimeError):
     """The loss or gradient norm became NaN/Inf; the update was refused and nothing was saved."""
 
 
-@dataclasses.dataclass
-class RunConfig:
-    """What a run trains on and where it writes; `train` holds the optimisation hyper-parameters."""
-
-    out_dir: str | None = None
-    data: str | list[str] | None = None  # preference file(s) (dpo_jax.data reads them); None runs the built-in demo
-    tokenizer: str | None = None       # HF tokenizer.json or tokenizer folder; None -> byte tokenizer
-    chat_template: str | None = None   # Jinja file, tokenizer_config.json or folder; None: the tokenizer's folder
-    eval_data: str | list[str] | None = None  # held-out preference file(s)
-    eval_split: float | None = None    # or this fraction of --data held out (seeded by `seed`)
-    eval_every: int | None = None      # evaluate every N steps; the final evaluation always runs
-    eval_batch_size: int | None = None  # None: batch_size
-    steps: int | None = None           # None: 150 for the demo (75 with quick), 100 with --data
-    batch_size: int = 16
-    seed: int = 0
-    log_every: int = 1
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 3
-    dim: int = 64
-    depth: int = 2
-    heads: int = 4
-    max_seq_len: int = 128
-    init_from: str | None = None       # safetensors written by models.x_transformers.save_safetensors
-    model: str | None = None           # a Hugging Face model directory: policy, reference and tokenizer from it
-    lora: LoraConfig | None = None     # train LoRA adapters on the model (the adapter-off base is the reference)
-    init_adapter: str | None = None    # continue the adapters of this PEFT directory (frozen, they are the reference)
-    mesh: str | None = None            # "data=2,fsdp=4" (dpo_jax.sharding); None: every device on data
-    layout: str = "padded"             # padded | prefix_shared | packed (dpo_jax.layouts.LAYOUTS)
-    row_len: int | None = None         # shared/packed row length; None: 2 * the task's max length
-    rows: int | None = None            # packed rows per batch; None: batch_size
-    quick: bool = False
-    progress: bool = True
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    stop_after_step: int | None = None  # fault injection for tests: return as if killed after this step
-
-    @property
-    def num_steps(self) -> int:
-        if self.steps is not None:
-            return self.steps
-        if self.data is None:
-            from dpo_jax.demo import DEMO_RECIPE
-            return DEMO_RECIPE["quick_steps"] if self.quick else DEMO_RECIPE["steps"]
-        return 100
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("stop_after_step")
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        data = dict(data)
-        data["train"] = TrainConfig.from_dict(data.get("train", {}))
-        if isinstance(data.get("lora"), dict):
-            data["lora"] = LoraConfig.from_dict(data["lora"])
-        return cls(**data)
-
-
-def load_run_config(run_dir) -> RunConfig:
-    """The config a run directory was started with (for --resume)."""
-    path = os.path.join(run_dir, RUN_CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{run_dir} is not a run directory: {RUN_CONFIG_FILE} is missing")
-    with open(path) as handle:
-        config = RunConfig.from_dict(json.load(handle))
-    config.out_dir = os.fspath(run_dir)
-    return config
-
-
-@dataclasses.dataclass
-class _Task:
-    policy: Any
-    reference: Any
-    examples: list
-    pad_id: int
-    max_len: int
-    demo: Any = None
-    eval_examples: list = dataclasses.field(default_factory=list)
-    data: dict | None = None           # what was read (summary.json)
-
-
-def _build_task(config: RunConfig, mesh) -> _Task:
-    task = _build_base_task(config, mesh)
-    if config.lora is not None or config.init_adapter is not None:  # adapters on the policy; see train.lora
-        task.policy, task.reference = lora_task(task.policy, config.lora, config.init_adapter, seed=config.seed)
-    return task
-
-
-def _build_base_task(config: RunConfig, mesh) -> _Task:
-    from dpo_jax.models.x_transformers.safetensors_file import load_safetensors
-
-    if config.model is not None:
-        from dpo_jax.train.pretrained import pretrained_task
-
-        policy, tokenizer, max_len = pretrained_task(config, mesh)
-        data = _read_data(config, tokenizer, tokenizer_spec=config.model)
-        return _Task(policy, policy, data.train, tokenizer.pad_id, max_len, eval_examples=data.eval,
-                     data=data.summary())
-    if config.data is None:
-        from dpo_jax.demo import build_demo  # imported late: the demo trains its SFT reference on demand
-
-        demo = build_demo(seed=config.seed, quick=config.quick)
-        policy = demo.reference
-        if config.init_from:  # the policy starts elsewhere; the reference stays the demo's SFT model
-            policy = load_safetensors(config.init_from)
-            if not policy.config.same_architecture(demo.reference.config):
-                raise ValueError(f"--init-from {config.init_from}: architecture differs from the demo model")
-        return _Task(policy, demo.reference, list(demo.train_examples), demo.pad_id, demo.max_len, demo)
-    from dpo_jax.models.x_transformers import Transformer, TransformerConfig
-    from dpo_jax.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(config.tokenizer)
-    data = _read_data(config, tokenizer, tokenizer_spec=config.tokenizer)
-    if config.init_from:
-        model = load_safetensors(config.init_from)
-    else:
-        model_config = TransformerConfig(num_tokens=tokenizer.vocab_size, max_seq_len=config.max_seq_len,
-                                         dim=config.dim, depth=config.depth, heads=config.heads,
-                                         attn_dim_head=max(config.dim // config.heads, 1))
-        model = Transformer(model_config, rngs=nnx.Rngs(config.seed))
-    if model.config.num_tokens < tokenizer.vocab_size:
-        raise ValueError(f"model vocabulary {model.config.num_tokens} < tokenizer vocabulary {tokenizer.vocab_size}")
-    return _Task(model, model, data.train, tokenizer.pad_id, model.config.max_seq_len, eval_examples=data.eval,
-                 data=data.summary())
-
-
-def _read_data(config: RunConfig, tokenizer, *, tokenizer_spec):
-    """The run's train and eval pairs (every file validated first), reported on stderr by process 0."""
-    data = load_run_data(config.data, tokenizer, tokenizer_spec=tokenizer_spec, chat_template=config.chat_template,
-                         eval_data=config.eval_data, eval_split=config.eval_split, seed=config.seed)
+def _say(message: str) -> None:
     if jax.process_index() == 0:
-        print("\n".join(data.lines), file=sys.stderr)
-    return data
+        print(message, file=sys.stderr)
 
 
 def _check_eval(config: RunConfig, mesh) -> None:
@@ -194,7 +72,7 @@ def _check_eval(config: RunConfig, mesh) -> None:
         sharding.validate_batch(config.eval_batch_size or config.batch_size, mesh, 1, jax.process_count())
 
 
-def _evaluator(config: RunConfig, task: _Task, graphdef, train_config: TrainConfig, mesh) -> Evaluator | None:
+def _evaluator(config: RunConfig, task: Task, graphdef, train_config: TrainConfig, mesh) -> Evaluator | None:
     if not task.eval_examples:
         return None
     return Evaluator(graphdef, train_config, task.eval_examples, batch_size=config.eval_batch_size or config.batch_size,
@@ -261,28 +139,67 @@ class _Progress:
             self.bar.close()
 
 
-def run(config: RunConfig) -> dict:
-    """Run (or resume) DPO training; returns the summary also written to summary.json."""
-    mesh = sharding.make_mesh(config.mesh)  # layout errors first: before any file or compile
+def _prepare(config: RunConfig, mesh):
+    """Everything that can refuse the run, checked before anything is written: (task, fingerprint, changes), where
+    `changes` is None for a new run and the accepted differences (option and data) for a resume."""
     sharding.validate_batch(config.batch_size, mesh, config.train.grad_accum, jax.process_count())
     validate_layout(config.layout, num_devices=mesh.size, grad_accum=config.train.grad_accum,
                     precompute_ref=config.train.precompute_ref)
     _check_eval(config, mesh)
-    run_dir = config.out_dir or _default_out_dir()
-    os.makedirs(run_dir, exist_ok=True)
-    num_steps = config.num_steps
-    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=config.keep_checkpoints)
-    resuming = checkpointer.latest_step() is not None
-    primary = jax.process_index() == 0  # on several hosts only process 0 writes the run files
-    if not resuming and primary:
-        write_json(os.path.join(run_dir, RUN_CONFIG_FILE), config.to_dict())
+    if config.resume:
+        _, stored_fingerprint, changes = run_dirs.check_resume(config)
+    else:
+        run_dirs.check_new_run(config.out_dir, overwrite=config.overwrite)
+    task = build_task(config, mesh)
+    fingerprint = run_fingerprint(config, tokenizer=task.tokenizer, chat_template=task.chat_template)
+    if not config.resume:
+        return task, fingerprint, None
+    if config.data is not None and not stored_fingerprint:
+        _say(f"dpo-jax: {config.out_dir} has no data fingerprint (written by an older dpo-jax): the data cannot be "
+             "compared with what the run trained on")
+    return task, fingerprint, changes + run_dirs.check_resumed_data(config, stored_fingerprint, fingerprint)
 
-    task = _build_task(config, mesh)
+
+def _open_run(config: RunConfig, task: Task, fingerprint: dict, changes, state, mesh, primary: bool):
+    """Create (or reopen) the run directory and its Checkpointer; restore the state on resume.
+
+    Returns (checkpointer, state, saved meta); the caller closes the checkpointer on every exit."""
+    if changes is None and primary:
+        run_dirs.create_new_run(config, fingerprint, log=_say)
+    sharding.sync_processes("run directory")  # process 0 made it; the others open it
+    checkpointer = Checkpointer(os.path.join(config.out_dir, run_dirs.CHECKPOINTS_DIR), keep=config.keep_checkpoints)
+    if changes is None:
+        return checkpointer, state, {}
+    try:
+        state, saved, step = checkpointer.restore_newest_intact(
+            state, shardings=sharding.state_shardings(state, mesh), log=_say)
+        if changes:
+            _say(f"dpo-jax: resuming {config.out_dir} at step {step} with changes (--allow-changes): "
+                 f"{'; '.join(changes)}")
+            if primary:
+                run_dirs.record_resume(config, fingerprint, changes, step=step)
+    except BaseException:
+        checkpointer.close()
+        raise
+    return checkpointer, state, saved
+
+
+def run(config: RunConfig) -> dict:
+    """Run (or resume) DPO training; returns the summary also written to summary.json.
+
+    `config.resume` continues the run in `config.out_dir` (`load_run_config(dir)` returns such a config);
+    otherwise `out_dir` must not hold a run unless `config.overwrite` (`train.run_dir`)."""
+    config = dataclasses.replace(config, out_dir=config.out_dir or _default_out_dir())
+    mesh = sharding.make_mesh(config.mesh)  # layout errors first: before any file or compile
+    task, fingerprint, changes = _prepare(config, mesh)
+    num_steps = config.num_steps
+    primary = jax.process_index() == 0  # on several hosts only process 0 writes the run files
     train_config = config.train.replace(total_steps=max(num_steps, 1))
     graphdef, state = init_train_state(task.policy, task.reference, train_config, seed=config.seed)
     lora_info = None
     if isinstance(state.ref_params, FrozenBase):
-        lora_info, lines = run_report(state, reference_free=train_config.reference_free, init_adapter=config.init_adapter)
+        lora_info, lines = run_report(state, reference_free=train_config.reference_free,
+                                      init_adapter=config.init_adapter)
         if primary:
             print("\n".join(lines), file=sys.stderr)
     state = sharding.shard_train_state(state, mesh)
@@ -291,11 +208,22 @@ def run(config: RunConfig) -> dict:
                              max_len=task.max_len, pad_id=task.pad_id, mask_alignment=train_config.mask_alignment,
                              forward=train_config.forward, process_index=jax.process_index(),
                              process_count=jax.process_count(), row_len=config.row_len, rows=config.rows)
+    evaluator = _evaluator(config, task, graphdef, train_config, mesh)
 
+    checkpointer, state, saved = _open_run(config, task, fingerprint, changes, state, mesh, primary)
+    try:
+        return _train(config, task, graphdef, train_config, mesh, state, saved, step_fn, batches, evaluator,
+                      checkpointer, num_steps, primary, lora_info)
+    finally:
+        checkpointer.close()
+
+
+def _train(config, task, graphdef, train_config, mesh, state, saved, step_fn, batches, evaluator, checkpointer,
+           num_steps, primary, lora_info=None) -> dict:
+    run_dir = config.out_dir
     meta = {"seed": config.seed, "train_config": train_config.to_dict(),
             "model_config": json.loads(task.policy.config.to_json()), "run_config": config.to_dict()}
-    if resuming:
-        state, saved = checkpointer.restore(state, shardings=sharding.state_shardings(state, mesh))
+    if config.resume:
         meta.update({k: v for k, v in saved.items() if k.startswith(("preferred_rate", "valid_rate"))})
     elif task.demo is not None:
         before = task.demo.rates(task.reference, seed=config.seed)
@@ -303,7 +231,6 @@ def run(config: RunConfig) -> dict:
     start = int(state.step)
     log = MetricsLog(run_dir, resume_step=start, write=primary)
 
-    evaluator = _evaluator(config, task, graphdef, train_config, mesh)
     cache = None
     if train_config.precompute_ref and not train_config.reference_free:
         cache = ReferenceCache(graphdef, reference_params(state, task.reference), train_config, config.layout)
@@ -314,39 +241,46 @@ def run(config: RunConfig) -> dict:
     reset_attention_report()  # the run log names the attention backend of this run's step ("auto" decides)
     progress = _Progress(config.progress, start, num_steps)
     timed_tokens, timed_seconds, metrics = 0, 0.0, {}
+    completed, last_saved = start, (start if config.resume else None)
     try:
-        for step in range(start, num_steps):
-            arrays, num_scored = batches.get_batch(step)
-            if cache is not None:
-                arrays = cache.with_reference(arrays)
-            began = time.perf_counter()
-            state, device_metrics = step_fn(state, sharding.make_global_batch(arrays, mesh))
-            metrics = {k: np.asarray(v).item() for k, v in jax.device_get(device_metrics).items()}
-            if step == start and primary:
-                for line in attention_report():
-                    print(f"[dpo-jax] {line}", file=sys.stderr)
-            if step > start:  # the first step of a process compiles; keep it out of the throughput
-                timed_seconds += time.perf_counter() - began
-                timed_tokens += num_scored
-            if not metrics.pop("finite"):
-                bad = [f"{k}={metrics[k]}" for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
-                bad = bad or ["updated parameters are not finite"]
-                last = checkpointer.latest_step()
-                raise NonFiniteError(f"non-finite value at step {step + 1}: {', '.join(bad)}; training stopped, "
-                                     f"update refused, last good checkpoint: "
-                                     f"{'none' if last is None else f'step {last}'} in {checkpointer.directory}")
-            done = step + 1
-            tokens_per_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
-            eval_metrics = _evaluate_if_due(evaluator, config, done, num_steps, state, cache)
-            if done % config.log_every == 0 or done == num_steps or eval_metrics:
-                log.append(done, {**{k: metrics[k] for k in LOGGED_METRICS}, **_optional_metrics(metrics),
-                                  "tokens_per_s": tokens_per_s, **eval_metrics})
-            progress.update({"step": done, "loss": f"{metrics['loss']:.4f}",
-                             "acc": f"{metrics['rewards/accuracies']:.2f}", "tok/s": f"{tokens_per_s:.0f}"})
-            if done % config.checkpoint_every == 0 or done == num_steps:
-                checkpointer.save(done, state, meta)
-            if config.stop_after_step is not None and done >= config.stop_after_step:
-                return {"stopped_at_step": done}
+        with StopRequest(enabled=jax.process_count() == 1) as stop:
+            for step in range(start, num_steps):
+                arrays, num_scored = batches.get_batch(step)
+                if cache is not None:
+                    arrays = cache.with_reference(arrays)
+                began = time.perf_counter()
+                state, device_metrics = step_fn(state, sharding.make_global_batch(arrays, mesh))
+                metrics = {k: np.asarray(v).item() for k, v in jax.device_get(device_metrics).items()}
+                if step == start and primary:
+                    for line in attention_report():
+                        print(f"[dpo-jax] {line}", file=sys.stderr)
+                if step > start:  # the first step of a process compiles; keep it out of the throughput
+                    timed_seconds += time.perf_counter() - began
+                    timed_tokens += num_scored
+                if not metrics.pop("finite"):
+                    bad = [f"{k}={metrics[k]}" for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
+                    bad = bad or ["updated parameters are not finite"]
+                    last = checkpointer.latest_step()
+                    raise NonFiniteError(f"non-finite value at step {step + 1}: {', '.join(bad)}; training stopped, "
+                                         f"update refused, last good checkpoint: "
+                                         f"{'none' if last is None else f'step {last}'} in {checkpointer.directory}")
+                done = completed = step + 1
+                tokens_per_s = timed_tokens / timed_seconds if timed_seconds > 0 else float("nan")
+                eval_metrics = _evaluate_if_due(evaluator, config, done, num_steps, state, cache)
+                if done % config.log_every == 0 or done == num_steps or eval_metrics:
+                    log.append(done, {**{k: metrics[k] for k in LOGGED_METRICS}, **_optional_metrics(metrics),
+                                      "tokens_per_s": tokens_per_s, **eval_metrics})
+                progress.update({"step": done, "loss": f"{metrics['loss']:.4f}",
+                                 "acc": f"{metrics['rewards/accuracies']:.2f}", "tok/s": f"{tokens_per_s:.0f}"})
+                if done % config.checkpoint_every == 0 or done == num_steps or stop.requested:
+                    checkpointer.save(done, state, meta)
+                    last_saved = done
+                if stop.requested and done < num_steps:
+                    raise RunInterrupted(done, num_steps, run_dir, done)
+                if config.stop_after_step is not None and done >= config.stop_after_step:
+                    return {"stopped_at_step": done}
+    except KeyboardInterrupt:  # a second Ctrl-C, or one on a multi-process run: no new checkpoint
+        raise RunInterrupted(completed, num_steps, run_dir, last_saved) from None
     finally:
         progress.close()
 
@@ -373,5 +307,4 @@ def run(config: RunConfig) -> dict:
                        valid_rate_before=meta.get("valid_rate_before"), valid_rate_after=after["valid_rate"])
     if primary:
         write_json(os.path.join(run_dir, SUMMARY_FILE), summary)
-    checkpointer.close()
     return summary

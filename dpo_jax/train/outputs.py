@@ -1,11 +1,18 @@
 """The run directory's files: metrics.jsonl (append, truncate on resume), summary.json, training.png, and the
-names of the final policy's files."""
+names of the final policy's files.
+
+Every file is written atomically with the permissions `open()` gives (`dpo_jax.files.atomic_write`): whole files
+go to a temporary file renamed into place; metrics.jsonl grows by one `write` of a whole line per record (an
+`O_APPEND` write), and a torn last line (a kill mid-write) is ignored when read and dropped on resume.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+
+from dpo_jax.files import atomic_write, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -33,20 +40,18 @@ class MetricsLog:
     def _rewrite(self) -> None:
         if not self.write:
             return
-        temporary = self.path + ".tmp"
-        with open(temporary, "w") as handle:
-            for record in self.records:
-                handle.write(json.dumps(record) + "\n")
-        os.replace(temporary, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(record) + "\n" for record in self.records))
 
     def append(self, step: int, metrics: dict) -> dict:
         record = {"step": int(step), **{k: _json_value(v) for k, v in metrics.items()}}
         self.records.append(record)
         if not self.write:
             return record
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(descriptor, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(descriptor)
         return record
 
 
@@ -67,11 +72,7 @@ def read_metrics(path) -> list[dict]:
 
 
 def write_json(path, data) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def plot_training(records: list[dict], path) -> None:
@@ -97,5 +98,6 @@ def plot_training(records: list[dict], path) -> None:
     margin_axis.set(title="rewards", xlabel="step")
     margin_axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_write(path, binary=True) as (handle, _):
+        figure.savefig(handle, dpi=100, format="png")
     plt.close(figure)

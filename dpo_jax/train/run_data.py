@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from dpo_jax.data import find_chat_template, read_preference_data, split_examples
+from dpo_jax.data import find_chat_template, read_preference_data, split_examples, truncated_lengths
 
-__all__ = ["RunData", "as_paths", "load_run_data", "check_eval_options"]
+__all__ = ["RunData", "as_paths", "load_run_data", "check_eval_options", "drop_pairs_without_preference"]
 
 
 def as_paths(value) -> list[str]:
@@ -31,9 +31,33 @@ class RunData:
     eval: list
     lines: list[str]      # what the run says about its data (stderr)
     files: list[dict]     # per-file reports (summary.json)
+    chat_template: object = None   # the template conversational files were rendered with (None: none needed)
+    skipped: dict = dataclasses.field(default_factory=dict)   # pairs dropped for having no preference, by role
 
     def summary(self) -> dict:
-        return {"train_pairs": len(self.train), "eval_pairs": len(self.eval), "files": self.files}
+        summary = {"train_pairs": len(self.train), "eval_pairs": len(self.eval), "files": self.files}
+        if self.skipped:
+            summary["skipped_identical_pairs"] = dict(self.skipped)
+        return summary
+
+    def drop_pairs_without_preference(self, max_len: int) -> "RunData":
+        """This data without the pairs whose chosen equals rejected once truncated to `max_len` (a line says how
+        many); a ValueError when no training pair is left."""
+        train, dropped_train = drop_pairs_without_preference(self.train, max_len)
+        held_out, dropped_eval = drop_pairs_without_preference(self.eval, max_len)
+        if not train:
+            raise ValueError(f"every one of the {dropped_train} training pairs has chosen equal to rejected (after "
+                             f"truncation to {max_len} tokens): there is no preference to learn; fix the data, or "
+                             "raise --max-seq-len if truncation made them equal")
+        lines, skipped = list(self.lines), {}
+        for role, dropped, total in (("train", dropped_train, len(self.train)), ("eval", dropped_eval,
+                                                                                 len(self.eval))):
+            if dropped:
+                skipped[role] = dropped
+                lines.append(f"data: skipped {dropped} of {total} {role} pairs whose chosen equals rejected (after "
+                             f"truncation to {max_len} tokens): no preference, their loss would be ln 2 and their "
+                             "gradient 0")
+        return dataclasses.replace(self, train=train, eval=held_out, lines=lines, skipped=skipped)
 
 
 def load_run_data(data, tokenizer, *, tokenizer_spec=None, chat_template=None, eval_data=None,
@@ -60,7 +84,7 @@ def load_run_data(data, tokenizer, *, tokenizer_spec=None, chat_template=None, e
         examples, held_out = split_examples(examples, eval_split, seed=seed)
         lines.append(f"eval split: {len(held_out)} of {len(train.examples)} pairs held out "
                      f"(fraction {eval_split}, seed {seed}), {len(examples)} train")
-    return RunData(examples, held_out, lines, files)
+    return RunData(examples, held_out, lines, files, chat_template=found.get("template"))
 
 
 def check_eval_options(eval_data, eval_split: float | None, eval_every: int | None,
@@ -77,3 +101,14 @@ def check_eval_options(eval_data, eval_split: float | None, eval_every: int | No
             raise ValueError(f"{name} needs eval data or an eval split")
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def drop_pairs_without_preference(examples, max_len: int, truncation: str = "keep_start",
+                                  min_completion_tokens: int = 1) -> tuple[list, int]:
+    """(the pairs whose chosen and rejected still differ after the batches' truncation, how many were dropped)."""
+    kept = []
+    for example in examples:
+        _, chosen, rejected = truncated_lengths(example, max_len, truncation, min_completion_tokens)
+        if example.chosen[:chosen] != example.rejected[:rejected]:
+            kept.append(example)
+    return kept, len(examples) - len(kept)

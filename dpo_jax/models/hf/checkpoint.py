@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from typing import Callable, Iterable, NamedTuple
 
 import jax
@@ -31,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from dpo_jax.files import atomic_write
 from dpo_jax.models.hf.config_reader import DTYPE_KEYS, UnsupportedCheckpointError
 from dpo_jax.models.hf.key_table import KeyRow, check_keys, hf_shape
 from dpo_jax.sharding import leaf_spec
@@ -210,15 +210,9 @@ def _shards(entries: list[WeightEntry], limit: int) -> list[list[WeightEntry]]:
 
 
 def _atomic_write(directory: str, name: str, write: Callable[[str], None]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + name)
-    os.close(handle)
-    try:
+    """`write(temporary path)`, then renamed to `directory/name` (the permissions `open()` gives: `dpo_jax.files`)."""
+    with atomic_write(os.path.join(directory, name), binary=True) as (_, temporary):
         write(temporary)
-        os.replace(temporary, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def _remove_old_weights(directory: str) -> None:
@@ -273,6 +267,6 @@ def copy_tokenizer_files(source, directory) -> list[str]:
     for name in TOKENIZER_FILES:
         file = os.path.join(source, name)
         if os.path.isfile(file):
-            shutil.copyfile(file, os.path.join(directory, name))
+            _atomic_write(directory, name, lambda target, file=file: shutil.copyfile(file, target))
             copied.append(name)
     return copied

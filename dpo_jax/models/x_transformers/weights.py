@@ -89,8 +89,13 @@ def state_dict_from_model(model: Transformer) -> dict[str, np.ndarray]:
 
 
 def _as_numpy(value) -> np.ndarray:
+    """numpy view of a numpy or torch value; torch's bfloat16 (which numpy cannot hold) goes through float32,
+    exactly: every bfloat16 is a float32."""
     if hasattr(value, "detach"):
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
     return np.asarray(value)
 
 
