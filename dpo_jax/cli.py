@@ -89,7 +89,7 @@ def _loss_weights(text: str):
     try:
         return tuple(_float(weight) for weight in text.split(","))
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated finite numbers, got {text}") from None
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers (finite), got {text}") from None
 
 
 def _fraction(text: str) -> float:

@@ -18,7 +18,7 @@ from dpo_jax.cli import main
 from dpo_jax.hf_demo import write_tokenizer
 from dpo_jax.models import lora
 from dpo_jax.models.llama import LlamaConfig, LlamaForCausalLM
-from dpo_jax.train import RunConfig, TrainConfig, run
+from dpo_jax.train import RunConfig, TrainConfig, load_run_config, run
 from dpo_jax.train.outputs import read_metrics
 
 LLAMA = LlamaConfig(vocab_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -99,9 +99,9 @@ def test_resume_continues_the_same_trajectory(model_and_data, tmp_path):
                          train=TrainConfig(learning_rate=1e-2, beta=0.1), stop_after_step=stop)
     run(config(tmp_path / "full"))
     assert run(config(tmp_path / "killed", stop=2)) == {"stopped_at_step": 2}
-    resumed = RunConfig.from_dict(json.loads((tmp_path / "killed" / "run_config.json").read_text()))
+    resumed = load_run_config(tmp_path / "killed")  # what --resume DIR reads back
     assert resumed.lora == dpo_jax.LoraConfig(r=RANK, alpha=8, dropout=0.3)
-    resumed.out_dir, resumed.progress = str(tmp_path / "killed"), False
+    resumed.progress = False
     run(resumed)
     full, again = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "killed")
     assert [r["step"] for r in again] == [1, 2, 3, 4]
