@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 __all__ = ["CHECK_MODES", "check_mode", "RowProblem", "token_range_problem", "no_scored_token_problem",
-           "left_padding_problem", "guard_pair_rows"]
+           "left_padding_problem", "bad_pair_rows"]
 
 CHECK_MODES = ("nan", "raise")
 
@@ -56,13 +56,12 @@ def left_padding_problem(seq_mask) -> RowProblem:
                       "pads; pad on the right", jnp.argmax(seq_mask, axis=-1))
 
 
-def guard_pair_rows(logps, problems, *, checks: str = "nan", names=("preferred_seq", "unpreferred_seq")):
-    """`logps` [2B] (chosen rows, then rejected rows) with NaN on every row a problem flags; under
-    `checks="raise"` also one checkify check per problem and half, naming the first bad row of that half."""
+def bad_pair_rows(problems, *, checks: str = "nan", names=("preferred_seq", "unpreferred_seq")):
+    """[2B] bool (chosen rows, then rejected rows): the rows any problem flags, whose log-prob and statistics the
+    caller makes NaN; under `checks="raise"` also one checkify check per problem and half, naming the first bad
+    row of that half."""
     problems = [problem for problem in problems if problem is not None]
-    if not problems:
-        return logps
-    batch = logps.shape[0] // 2
+    batch = problems[0].bad.shape[0] // 2
     if check_mode(checks) == "raise":
         for problem in problems:
             for name, half in zip(names, (slice(0, batch), slice(batch, None))):
@@ -72,4 +71,4 @@ def guard_pair_rows(logps, problems, *, checks: str = "nan", names=("preferred_s
     bad = problems[0].bad
     for problem in problems[1:]:
         bad = bad | problem.bad
-    return jnp.where(bad, jnp.nan, logps)
+    return bad

@@ -22,7 +22,7 @@ from dpo_jax.logprobs import (SequenceStats, check_ld_reduction, ld_sequence_log
 from dpo_jax.models.base import has_fast_path, max_seq_len_of, vocab_size_of
 from dpo_jax.models.precision import with_compute_dtype
 from dpo_jax.ops.logprob_head import HEAD_STATISTICS, logit_statistics
-from dpo_jax.row_guards import guard_pair_rows, left_padding_problem, no_scored_token_problem, token_range_problem
+from dpo_jax.row_guards import bad_pair_rows, left_padding_problem, no_scored_token_problem, token_range_problem
 from dpo_jax.validation import check_token_range, is_concrete, validate_dpo_shapes
 
 __all__ = ["SEQUENCE_KEYS", "PaddedLayout", "PaddedBatches", "sequence_masks", "filled_seq_masks",
@@ -135,12 +135,12 @@ def padded_pair_logps(model, preferred_seq, unpreferred_seq, chosen_mask, reject
         logps = jnp.concatenate(ld_sequence_logprobs(token_logps[:batch], token_logps[batch:], scored[:batch],
                                                      scored[batch:], ld_alpha))
     stats = sequence_statistics(token_logps, scored, statistics, head_statistics)
-    ok = jnp.ones(logps.shape, bool) if complete is None else complete  # complete: a scored token outside the
-    ok = ok & ~jnp.isnan(guard_pair_rows(jnp.zeros(logps.shape, logps.dtype),  # window is refused, not truncated
-                                         _row_problems(seqs, masks, vocab_size, seq_masks), checks=checks))
+    bad = bad_pair_rows(_row_problems(seqs, masks, vocab_size, seq_masks), checks=checks)
+    if complete is not None:  # a scored token outside the window: refused loudly, never truncated
+        bad = bad | ~complete
 
     def refuse(values):
-        return None if values is None else jnp.where(ok.reshape(ok.shape + (1,) * (values.ndim - 1)), values, jnp.nan)
+        return None if values is None else jnp.where(bad.reshape(bad.shape + (1,) * (values.ndim - 1)), jnp.nan, values)
     logps = refuse(logps)
     stats = None if stats is None else SequenceStats(*map(refuse, stats))
     if stats is None:
